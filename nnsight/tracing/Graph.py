@@ -1,0 +1,243 @@
+"""Graph: the intervention graph of one trace, rooted at a ``torch.nn.Module``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from .._core import ROOT_ARGUMENT, GraphCore
+from ..errors import TracingError, ValidationError
+from ._source import format_source, user_source
+from ._walk import iter_instances, map_structure
+from .Node import RESERVED_TARGETS, Node, target_name
+from .Proxy import Proxy
+from .validation import FakeRunner, describe
+
+_EMPTY = inspect._empty
+
+
+class NodeMap(Mapping[str, Node]):
+    """``Graph.nodes``: a read-only, insertion-ordered view from node name to ``Node``.
+
+    Names are resolved by the Rust core; an unknown name raises ``KeyError`` naming it.
+    """
+
+    __slots__ = ("_core", "_nodes")
+
+    def __init__(self, core: GraphCore, nodes: list[Node]) -> None:
+        self._core = core
+        self._nodes = nodes
+
+    def __getitem__(self, name: str) -> Node:
+        return self._nodes[self._core.id_of(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._core
+
+    def __iter__(self) -> Iterator[str]:
+        return (node.name for node in list(self._nodes))
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __repr__(self) -> str:
+        return f"NodeMap({[node.name for node in self._nodes]})"
+
+
+class Graph:
+    """Represents a computation graph involving a ``torch.nn.Module``.
+
+    Reserved target names:
+        * ``'argument'``: entry points whose values are set from outside the graph. The first
+          argument is the argument key; ``argument_node_names[key]`` lists the nodes under it.
+          The root module is the argument node keyed ``'nnsight_root_module'``.
+        * ``'swap'``: when executed, becomes the graph's pending ``swap``; its value is set only
+          when the swap is consumed (:meth:`get_swap`). The replacement is its last argument.
+        * ``'null'``: never executed, so its dependencies are never destroyed (``.save()``).
+        * ``'grad'``: registers a hook on the tensor in its first argument; the node's value is
+          the gradient, and a swap pending when the hook fires replaces that gradient.
+
+    Attributes:
+        validate: If to run each added node on fake tensors to find shape errors at trace time.
+        proxy_class: Proxy class to use.
+        tracing: If currently tracing operations; ``add`` refuses once it is False.
+        nodes: Mapping of node name to node.
+        name_idx: Mapping of target name to the number of nodes added with it (a snapshot).
+        module_proxy: Proxy of the root module.
+        argument_node_names: Map of argument key to the names of its argument nodes (a snapshot).
+        generation_idx: Current generation index.
+        swap: The pending swap node, or None.
+
+    Names are ``<target name>_<n>``, one counter per target name (``add_0``, ``add_1``); an
+    automatic name skips names given explicitly, and a duplicate explicit name raises
+    ``ValueError``. Nodes that need no input run at ``compile``, before the root is set.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        proxy_class: type[Proxy] = Proxy,
+        validate: bool = True,
+    ) -> None:
+        self._core = GraphCore(_EMPTY, torch.Tensor)
+        self._nodes: list[Node] = []
+        self._fake = FakeRunner()
+        self.nodes = NodeMap(self._core, self._nodes)
+        self.proxy_class = proxy_class
+        self.validate = validate
+        self.tracing = True
+        self.generation_idx = 0
+        self.module_proxy = self.add(target="argument", value=module, args=[ROOT_ARGUMENT])
+
+    # ----- views kept by the core -------------------------------------------------------------
+
+    @property
+    def name_idx(self) -> dict[str, int]:
+        return self._core.name_idx()
+
+    @property
+    def argument_node_names(self) -> dict[str, list[str]]:
+        return self._core.argument_node_names()
+
+    @property
+    def swap(self) -> Node | None:
+        swap = self._core.swap()
+        return None if swap is None else self._nodes[swap]
+
+    @swap.setter
+    def swap(self, node: Node | None) -> None:
+        self._core.set_swap(None if node is None else node.id)
+
+    # ----- building ---------------------------------------------------------------------------
+
+    def add(
+        self,
+        target: Any,
+        value: Any = _EMPTY,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> Proxy:
+        """Adds a node to the graph and returns its proxy.
+
+        Args:
+            target: The function to call, or a reserved target name, or the name of a method of
+                the first argument.
+            value: Proxy value of the node. Left out while ``validate`` is on, it is computed by
+                running ``target`` on the arguments' proxy values under a ``FakeTensorMode``.
+            args: Positional arguments (proxies and nodes allowed, nested too).
+            kwargs: Keyword arguments, likewise.
+            name: Unique name of the node; by default ``<target name>_<n>``.
+
+        Raises:
+            TracingError: The graph is no longer tracing, or arguments mix graphs.
+            ValidationError: The fake run failed (e.g. a shape error); the message names the
+                operation and the user's file and line, and the graph is left unchanged.
+            ValueError: ``name`` is taken, or a second root module node is added.
+        """
+        if not self.tracing:
+            raise TracingError(
+                f"cannot add '{target_name(target)}' at {format_source(user_source(2))}: the "
+                "graph is no longer tracing (proxies can only be used inside their trace)"
+            )
+        source = user_source(2)
+        if value is _EMPTY and self.validate and not _is_reserved(target):
+            value = self._fake_value(target, args, kwargs, source)
+        node = Node(name, self, value, target, args, kwargs, source=source)
+        return self.proxy_class(node)
+
+    def _fake_value(
+        self, target: Any, args: list[Any] | None, kwargs: dict[str, Any] | None,
+        source: tuple[str, int],
+    ) -> Any:
+        inputs = ([] if args is None else args, {} if kwargs is None else kwargs)
+        if any(
+            item.proxy_value is _EMPTY
+            for item in (
+                found.node if isinstance(found, Proxy) else found
+                for found in iter_instances(inputs, (Proxy, Node))
+            )
+        ):
+            return _EMPTY
+        fake_args, fake_kwargs = Node.prepare_proxy_values(inputs)
+        call = target
+        if isinstance(target, str):
+            obj, *fake_args = fake_args
+            call = getattr(obj, target)
+        try:
+            known, value = self._fake.run(call, fake_args, fake_kwargs)
+        except Exception as exc:
+            shown = ", ".join(
+                [describe(a) for a in fake_args]
+                + [f"{k}={describe(v)}" for k, v in fake_kwargs.items()]
+            )
+            raise ValidationError(
+                f"{target_name(target)}({shown}) failed at {format_source(source)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return value if known else _EMPTY
+
+    # ----- running ----------------------------------------------------------------------------
+
+    def compile(self, module: torch.nn.Module) -> None:
+        """Prepares a new execution and starts it.
+
+        Resets every node (remaining counts, values, the pending swap), sets ``generation_idx``
+        to 0, runs the nodes that need no input, and finally sets the root module node's value
+        to ``module``, which executes everything that depends only on it.
+        """
+        self.generation_idx = 0
+        self._core.compile(self._nodes)
+        root = self._core.root()
+        if root is not None:
+            self._core.set_value(root, module, self._nodes)
+
+    def get_swap(self, value: Any) -> Any:
+        """Consumes the pending swap, if any.
+
+        Returns the swap node's replacement (its last argument, nodes replaced by their values,
+        tensors moved to the device of the first tensor in ``value``) and sets the swap node's
+        value so its inputs can be released. Without a pending swap, returns ``value``.
+        """
+        swap = self.swap
+        if swap is None:
+            return value
+        device = next((t.device for t in iter_instances(value, torch.Tensor)), None)
+        replacement = map_structure(swap.args[-1] if swap.args else None, _value_of, Node)
+        if device is not None:
+            replacement = map_structure(replacement, lambda t: t.to(device), torch.Tensor)
+        self._core.set_swap(None)
+        swap.set_value(True)
+        return replacement
+
+    def increment(self) -> None:
+        """Increments ``generation_idx`` (called once per generated token)."""
+        self.generation_idx += 1
+
+    # ----- introspection ----------------------------------------------------------------------
+
+    def record_events(self, on: bool = True) -> None:
+        """Starts (or stops) recording what runs and what is freed; see :meth:`take_events`."""
+        self._core.record_events(on)
+
+    def take_events(self) -> list[tuple[str, str]]:
+        """Events recorded since the last call, as ``(kind, node name)`` with kind one of
+        ``'execute'``, ``'set'`` and ``'destroy'``, in the order they happened."""
+        return [(kind, self._nodes[i].name) for kind, i in self._core.take_events()]
+
+    def __str__(self) -> str:
+        return "\n".join(str(node) for node in self._nodes)
+
+    def __repr__(self) -> str:
+        return f"<Graph: {len(self._nodes)} nodes>"
+
+
+def _is_reserved(target: Any) -> bool:
+    return isinstance(target, str) and target in RESERVED_TARGETS
+
+
+def _value_of(node: Node) -> Any:
+    return node.value

@@ -1,0 +1,383 @@
+"""Node: one operation of an intervention graph.
+
+A ``Node`` is a thin Python handle: its storage, edges, counts and value live in the graph's
+Rust core (``nnsight._core.GraphCore``), addressed by ``node.id``. The Python side keeps what
+only Python needs: the target, the args and kwargs (with proxies replaced by their nodes), the
+proxy value, and the source line that made it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ExecutionError, TracingError, ValueNotSetError
+from ._source import format_source, user_source
+from ._walk import CONTAINERS, iter_instances, map_structure
+from .Proxy import Proxy
+
+if TYPE_CHECKING:
+    from .._core import GraphCore
+    from .Graph import Graph
+
+_EMPTY = inspect._empty
+
+#: Reserved string targets and the kind of node each makes.
+RESERVED_TARGETS = {"argument": "argument", "swap": "swap", "null": "null", "grad": "grad"}
+
+
+def target_name(target: Any) -> str:
+    """Name used for automatic node names: the string itself, else ``__name__``."""
+    if isinstance(target, str):
+        return target
+    name = getattr(target, "__name__", None)
+    return name if isinstance(name, str) else type(target).__name__
+
+
+class Node:
+    """An action to carry out while the graph runs, and the value it produces.
+
+    Attributes:
+        id: Index of the node in its graph's core.
+        name: Unique name of the node.
+        target: Function to execute, or a string: a reserved target (``argument``, ``swap``,
+            ``null``, ``grad``) or the name of a method of the first argument.
+        args: Positional arguments, with proxies replaced by their nodes.
+        kwargs: Keyword arguments, likewise.
+        proxy_value: Fake (or user-given) version of the value, from validation.
+        source: ``(file, line)`` of the user code that made the node.
+
+    Differences from nnsight 0.2, each deliberate:
+        * ``listeners`` and ``dependencies`` hold each node once, even if it appears several
+          times in the arguments (``x + x``); the counts match.
+        * ``value`` raises :class:`~nnsight.errors.ValueNotSetError` when unset (use ``done()``
+          to test) instead of returning ``inspect._empty``.
+        * ``graph`` is held weakly (as in 0.2), but the value lives in the core, which the node
+          holds strongly: a saved proxy's value outlives the graph object.
+        * ``set_value`` releases the node's dependencies before running its listeners, and runs
+          ready nodes from an explicit stack, not recursively (see ``nnsight._core``).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_core",
+        "_graph_ref",
+        "args",
+        "id",
+        "kwargs",
+        "name",
+        "proxy_value",
+        "source",
+        "target",
+    )
+
+    def __init__(
+        self,
+        name: str | None,
+        graph: Graph,
+        value: Any,
+        target: Any,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        source: tuple[str, int] | None = None,
+    ) -> None:
+        core: GraphCore = graph._core
+        args = [] if args is None else list(args)
+        kwargs = {} if kwargs is None else dict(kwargs)
+        deps: list[int] = []
+        arg_slots = [_link(args, i, core, deps) for i in range(len(args))]
+        kwarg_slots = [_link(kwargs, key, core, deps) for key in list(kwargs)]
+        fast = -2 not in arg_slots and -2 not in kwarg_slots
+
+        if isinstance(target, str):
+            kind = RESERVED_TARGETS.get(target, "op")
+            fast = False
+        else:
+            kind = "op"
+        argument_key = None
+        if kind == "argument":
+            argument_key = args[0] if args else None
+            if not isinstance(argument_key, str):
+                raise TypeError(
+                    f"an 'argument' node needs its argument key (a str) as first argument, "
+                    f"got args={args!r}"
+                )
+
+        self.id, self.name = core.add_node(
+            name,
+            target_name(target),
+            kind,
+            deps,
+            argument_key,
+            fast,
+            target,
+            args,
+            [max(slot, -1) for slot in arg_slots],
+            kwargs,
+            [max(slot, -1) for slot in kwarg_slots],
+        )
+        self._core = core
+        self._graph_ref = weakref.ref(graph)
+        self.target = target
+        self.args = args
+        self.kwargs = kwargs
+        self.proxy_value = value
+        self.source = source if source is not None else user_source(2)
+        graph._nodes.append(self)
+
+    # ----- graph access -----------------------------------------------------------------------
+
+    @property
+    def graph(self) -> Graph:
+        """The graph this node belongs to (held weakly)."""
+        graph = self._graph_ref()
+        if graph is None:
+            raise ReferenceError(f"the graph of node '{self.name}' no longer exists")
+        return graph
+
+    def _graph_nodes(self) -> list[Node] | None:
+        graph = self._graph_ref()
+        return None if graph is None else graph._nodes
+
+    def is_tracing(self) -> bool:
+        """Whether the graph is alive and still tracing."""
+        graph = self._graph_ref()
+        return graph is not None and graph.tracing
+
+    def add(
+        self,
+        target: Any,
+        value: Any = _EMPTY,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> Proxy:
+        """Adds a node to this node's graph (``Graph.add``); raises if the graph is gone."""
+        graph = self._graph_ref()
+        if graph is None:
+            raise TracingError(
+                f"cannot add '{target_name(target)}' after node '{self.name}': its graph no "
+                "longer exists"
+            )
+        return graph.add(target=target, value=value, args=args, kwargs=kwargs, name=name)
+
+    # ----- edges and state (kept by the core) -------------------------------------------------
+
+    @property
+    def listeners(self) -> list[Node]:
+        """Nodes that depend on this node."""
+        nodes = self.graph._nodes
+        return [nodes[i] for i in self._core.listeners(self.id)]
+
+    @property
+    def dependencies(self) -> list[Node]:
+        """Nodes this node depends on."""
+        nodes = self.graph._nodes
+        return [nodes[i] for i in self._core.dependencies(self.id)]
+
+    @property
+    def remaining_listeners(self) -> int:
+        return self._core.remaining_listeners(self.id)
+
+    @remaining_listeners.setter
+    def remaining_listeners(self, n: int) -> None:
+        self._core.set_remaining_listeners(self.id, n)
+
+    @property
+    def remaining_dependencies(self) -> int:
+        return self._core.remaining_dependencies(self.id)
+
+    @remaining_dependencies.setter
+    def remaining_dependencies(self, n: int) -> None:
+        self._core.set_remaining_dependencies(self.id, n)
+
+    @property
+    def value(self) -> Any:
+        """The value set during execution; raises ``ValueNotSetError`` when there is none."""
+        value = self._core.value(self.id)
+        if value is _EMPTY:
+            raise ValueNotSetError(
+                f"node '{self.name}' has no value: the graph has not run it yet, or its value "
+                "was freed because nothing listened to it any more (call .save() on its proxy "
+                "to keep it)"
+            )
+        return value
+
+    def done(self) -> bool:
+        """Whether the value is set."""
+        return self._core.done(self.id)
+
+    def fulfilled(self) -> bool:
+        """Whether every dependency has its value (``remaining_dependencies == 0``)."""
+        return self._core.fulfilled(self.id)
+
+    def redundant(self) -> bool:
+        """Whether no listener still needs the value (``remaining_listeners == 0``)."""
+        return self._core.redundant(self.id)
+
+    def compile(self) -> None:
+        """Resets this node's remaining counts to its edge counts and releases its value."""
+        self._core.set_remaining_listeners(self.id, len(self._core.listeners(self.id)))
+        self._core.set_remaining_dependencies(self.id, len(self._core.dependencies(self.id)))
+        self._core.destroy(self.id)
+
+    def destroy(self) -> None:
+        """Releases the value."""
+        self._core.destroy(self.id)
+
+    def set_value(self, value: Any) -> None:
+        """Sets the value, then propagates: dependencies that become redundant are destroyed,
+        listeners that become fulfilled are executed (and so on, until nothing is ready), and
+        this node is destroyed if nothing listens to it."""
+        self._core.set_value(self.id, value, self._graph_nodes())
+
+    # ----- execution --------------------------------------------------------------------------
+
+    def execute(self) -> None:
+        """Executes the node: ``null`` and ``argument`` do nothing, ``swap`` becomes the graph's
+        pending swap, ``grad`` registers a gradient hook, anything else calls its target on the
+        prepared inputs and sets the result as its value."""
+        value = self._run()
+        if value is not _EMPTY:
+            self.set_value(value)
+
+    def _run(self) -> Any:
+        """Executes the target and returns the value to set (``inspect._empty``: none now).
+        The core calls this for nodes it cannot call directly."""
+        target = self.target
+        if isinstance(target, str):
+            if target in ("null", "argument"):
+                return _EMPTY
+            if target == "swap":
+                self._core.set_swap(self.id)
+                return _EMPTY
+            if target == "grad":
+                self._register_grad_hook()
+                return _EMPTY
+            args, kwargs = self.prepare_inputs()
+            obj, *rest = args
+            return getattr(obj, target)(*rest, **kwargs)
+        args, kwargs = self.prepare_inputs()
+        return target(*args, **kwargs)
+
+    def _register_grad_hook(self) -> None:
+        tensor = self.prepare_inputs()[0][0]
+        node_ref = weakref.ref(self)
+
+        def hook(grad: torch.Tensor) -> torch.Tensor | None:
+            node = node_ref()
+            if node is None:
+                return None
+            node.set_value(grad)
+            graph = node._graph_ref()
+            return grad if graph is None else graph.get_swap(grad)
+
+        tensor.register_hook(hook)
+
+    def prepare_inputs(self) -> tuple[list[Any], dict[str, Any]]:
+        """Args and kwargs with every node (also inside lists, tuples, dicts and slices)
+        replaced by its value, and every tensor moved to the device of the first tensor found
+        (args before kwargs, depth first)."""
+        args, kwargs = map_structure((self.args, self.kwargs), _node_value, Node)
+        first = next(iter_instances((args, kwargs), torch.Tensor), None)
+        if first is not None:
+            device = first.device
+
+            def to_device(tensor: torch.Tensor) -> torch.Tensor:
+                return tensor if tensor.device == device else tensor.to(device)
+
+            args, kwargs = map_structure((args, kwargs), to_device, torch.Tensor)
+        return list(args), kwargs
+
+    @staticmethod
+    def prepare_proxy_values(values: Any, device: torch.device | str | None = None) -> Any:
+        """``values`` with every proxy and node (at any depth) replaced by its proxy value.
+
+        With ``device`` given, tensors are also moved there (nnsight 0.2 always moved them to
+        ``'meta'``; validation here runs under a ``FakeTensorMode`` that fakifies real tensors
+        on their own device, so by default they are left alone).
+        """
+        values = map_structure(values, _proxy_value, (Proxy, Node))
+        if device is not None:
+            values = map_structure(values, lambda t: t.to(device), torch.Tensor)
+        return values
+
+    # ----- messages ---------------------------------------------------------------------------
+
+    def _execution_error(self, exc: BaseException) -> BaseException:
+        """The exception to raise when this node's target raised ``exc`` during execution."""
+        if isinstance(exc, ExecutionError) or not isinstance(exc, Exception):
+            return exc
+        error = ExecutionError(
+            f"node '{self.name}' ({target_name(self.target)}) raised "
+            f"{type(exc).__name__}: {exc}\n  traced at {format_source(self.source)}",
+            self.name,
+        )
+        error.__cause__ = exc
+        return error
+
+    def __str__(self) -> str:
+        def show(arg: Any) -> str:
+            return f"%{arg.name}" if isinstance(arg, Node) else repr(arg)
+
+        args = [show(arg) for arg in self.args]
+        args += [f"{key}={show(arg)}" for key, arg in self.kwargs.items()]
+        return (
+            f"%{self.name} = {target_name(self.target)}({', '.join(args)})"
+            f"  # {format_source(self.source)}"
+        )
+
+    def __repr__(self) -> str:
+        return f"Node({self.name})"
+
+
+def _node_value(node: Node) -> Any:
+    return node.value
+
+
+def _proxy_value(item: Proxy | Node) -> Any:
+    return item.node.proxy_value if isinstance(item, Proxy) else item.proxy_value
+
+
+def _link(container: Any, key: Any, core: GraphCore, deps: list[int]) -> int:
+    """Replaces proxies by nodes in ``container[key]`` and records dependencies.
+
+    Returns the node id when the item itself is a node, -1 for a plain constant, and -2 when
+    nodes or tensors sit deeper inside it (the core then leaves the call to ``Node._run``).
+    """
+    item = container[key]
+    if isinstance(item, Proxy):
+        item = container[key] = item.node
+    if isinstance(item, Node):
+        _check_same_graph(item, core)
+        deps.append(item.id)
+        return item.id
+    if not isinstance(item, CONTAINERS):
+        return -1
+    nested = False
+
+    def to_node(found: Proxy | Node | torch.Tensor) -> Any:
+        nonlocal nested
+        nested = True
+        if isinstance(found, torch.Tensor):
+            return found
+        node = found.node if isinstance(found, Proxy) else found
+        _check_same_graph(node, core)
+        deps.append(node.id)
+        return node
+
+    container[key] = map_structure(item, to_node, (Proxy, Node, torch.Tensor))
+    return -2 if nested else -1
+
+
+def _check_same_graph(node: Node, core: GraphCore) -> None:
+    if node._core is not core:
+        raise TracingError(
+            f"node '{node.name}' belongs to another graph (traced at "
+            f"{format_source(node.source)}); a proxy can only be used in the trace that made it "
+            "(save it and use .value to carry a value between traces)"
+        )

@@ -1,0 +1,245 @@
+"""Proxy: the object user code manipulates while a graph is traced.
+
+Every operation on a proxy (operators, indexing, attribute access, calls, ``torch`` functions)
+adds a node to the proxy's graph and returns the new node's proxy. This module imports nothing
+else of the tracing layer: a proxy reaches its graph only through ``proxy.node.add``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import operator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TracingError
+from ._walk import iter_instances
+from .validation import describe
+
+if TYPE_CHECKING:
+    from .Node import Node
+
+_EMPTY = inspect._empty
+
+
+def proxy_call(callable: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Target of nodes made by calling a proxy: ``proxy(*args)`` runs ``callable(*args)``."""
+    return callable(*args, **kwargs)
+
+
+class Proxy:
+    """Stands for the value a node will have when the graph runs.
+
+    Attributes:
+        node: This proxy's node.
+
+    Choices where nnsight 0.2 was vague or silently wrong:
+        * ``bool(proxy)`` (so ``if proxy:`` / ``while proxy:``) raises :class:`TracingError`: the
+          value does not exist yet, so the branch cannot be decided.
+        * ``len(proxy)`` and iteration use the length of the proxy value (known from validation,
+          e.g. a tuple output or a tensor's first dimension) and raise :class:`TracingError`
+          when it is unknown, instead of looping forever. ``a, b = proxy`` works for tuples.
+        * ``str``/``repr`` describe the proxy value (shapes and dtypes) and never ask a tensor
+          for its truth value; once the graph is no longer tracing and the value is set, they
+          show the value.
+        * Proxies hash by identity, so they can be kept in sets and dict keys even though
+          ``==`` is traced.
+        * Dunder attributes (``proxy.__array__``) are not traced: libraries probe for them.
+    """
+
+    __slots__ = ("__weakref__", "node")
+
+    def __init__(self, node: Node) -> None:
+        object.__setattr__(self, "node", node)
+
+    @property
+    def value(self) -> Any:
+        """The node's value, once the graph has run. Raises
+        :class:`~nnsight.errors.ValueNotSetError` before it is set or after it was freed."""
+        return self.node.value
+
+    def save(self) -> Proxy:
+        """Keeps this value alive after the graph runs (adds a ``null`` listener); returns self."""
+        self.node.add(target="null", value=None, args=[self.node])
+        return self
+
+    # ----- description ------------------------------------------------------------------------
+
+    def __str__(self) -> str:
+        node = self.node
+        if not node.is_tracing() and node.done():
+            return str(node.value)
+        value = node.proxy_value
+        shown = "?" if value is _EMPTY else describe(value)
+        return f"{type(self).__name__} ({node.name}): {shown}"
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+    __hash__ = object.__hash__
+
+    # ----- traced Python protocol -------------------------------------------------------------
+
+    def __getattr__(self, key: str) -> Proxy:
+        if key.startswith("__") and key.endswith("__"):
+            raise AttributeError(key)
+        return self.node.add(target=getattr, args=[self.node, key])
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self.node.add(target=setattr, args=[self.node, key, value])
+
+    def __getitem__(self, key: Any) -> Proxy:
+        return self.node.add(target=operator.getitem, args=[self.node, key])
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.node.add(target=operator.setitem, args=[self.node, key, value])
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Proxy:
+        return self.node.add(target=proxy_call, args=[self.node, *args], kwargs=kwargs)
+
+    def __len__(self) -> int:
+        return self._static_length("len()")
+
+    def __iter__(self) -> Iterator[Proxy]:
+        length = self._static_length("iterating over")
+        return (self[i] for i in range(length))
+
+    def _static_length(self, what: str) -> int:
+        value = self.node.proxy_value
+        if value is not _EMPTY:
+            try:
+                return len(value)
+            except TypeError:
+                pass
+        raise TracingError(
+            f"{what} proxy '{self.node.name}' needs its length, which is not known while "
+            f"tracing (its proxy value is {describe(value) if value is not _EMPTY else 'unknown'}"
+            "). Index it explicitly (proxy[0], proxy[1], ...) or trace with validate=True so "
+            "the length is known."
+        )
+
+    def __bool__(self) -> bool:
+        raise TracingError(
+            f"the truth value of proxy '{self.node.name}' is not known while tracing, so "
+            "`if`/`while`/`and`/`or` on it cannot be recorded. Compute the condition with torch "
+            "ops (e.g. torch.where) or use the value after the graph has run."
+        )
+
+    def __contains__(self, item: Any) -> bool:
+        raise TracingError(
+            f"`in` on proxy '{self.node.name}' must return a bool now, but the value is not "
+            "known while tracing."
+        )
+
+    def __index__(self) -> int:
+        raise TracingError(
+            f"proxy '{self.node.name}' cannot be used as a Python int while tracing (its value "
+            "is not known yet)."
+        )
+
+    __int__ = __index__
+
+    def __float__(self) -> float:
+        raise TracingError(
+            f"proxy '{self.node.name}' cannot be used as a Python float while tracing."
+        )
+
+    @classmethod
+    def __torch_function__(
+        cls,
+        orig_method: Callable[..., Any],
+        types: Any,
+        args: Any = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Proxy:
+        kwargs = {} if kwargs is None else kwargs
+        owner = _owning_proxy((args, kwargs), orig_method)
+        return owner.node.add(target=orig_method, args=list(args), kwargs=kwargs)
+
+
+def _owning_proxy(values: Any, target: Any) -> Proxy:
+    """The first proxy in ``values``; raises if proxies of two different graphs are mixed."""
+    owner: Proxy | None = None
+    for proxy in iter_instances(values, Proxy):
+        if owner is None:
+            owner = proxy
+        elif proxy.node._core is not owner.node._core:
+            raise TracingError(
+                f"{getattr(target, '__name__', target)!s} mixes proxies of two graphs "
+                f"('{owner.node.name}' and '{proxy.node.name}'); a proxy belongs to the trace "
+                "that made it (use .save() and .value to carry values between traces)."
+            )
+    if owner is None:
+        raise TracingError(f"{target!r} was routed to Proxy but has no proxy argument")
+    return owner
+
+
+def _binary(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
+    def method(self: Proxy, other: Any) -> Proxy:
+        return self.node.add(target=op, args=[self.node, other])
+
+    return method
+
+
+def _reflected(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
+    def method(self: Proxy, other: Any) -> Proxy:
+        return self.node.add(target=op, args=[other, self.node])
+
+    return method
+
+
+def _unary(op: Callable[[Any], Any]) -> Callable[[Proxy], Proxy]:
+    def method(self: Proxy) -> Proxy:
+        return self.node.add(target=op, args=[self.node])
+
+    return method
+
+
+_BINARY = {
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "matmul": operator.matmul,
+    "truediv": operator.truediv,
+    "floordiv": operator.floordiv,
+    "mod": operator.mod,
+    "pow": operator.pow,
+    "lshift": operator.lshift,
+    "rshift": operator.rshift,
+    "and": operator.and_,
+    "or": operator.or_,
+    "xor": operator.xor,
+}
+_COMPARISONS = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+}
+_UNARY = {"neg": operator.neg, "pos": operator.pos, "abs": operator.abs, "invert": operator.invert}
+
+for _name, _op in _BINARY.items():
+    setattr(Proxy, f"__{_name}__", _binary(_op))
+    setattr(Proxy, f"__r{_name}__", _reflected(_op))
+for _name, _op in _COMPARISONS.items():
+    setattr(Proxy, f"__{_name}__", _binary(_op))
+for _name, _op in _UNARY.items():
+    setattr(Proxy, f"__{_name}__", _unary(_op))
+
+
+def proxy_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wraps a function torch does not route through ``__torch_function__`` (``torch.arange``,
+    ``torch.full``, plain Python functions): called with any proxy among its arguments (at any
+    depth) it adds a node and returns its proxy; otherwise it just calls ``fn``."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if next(iter_instances((args, kwargs), Proxy), None) is None:
+            return fn(*args, **kwargs)
+        owner = _owning_proxy((args, kwargs), fn)
+        return owner.node.add(target=fn, args=list(args), kwargs=kwargs)
+
+    return wrapped

@@ -1,0 +1,699 @@
+//! Node storage, dependency edges, and the fulfilled/redundant propagation of an intervention graph.
+//!
+//! Nodes live in an arena indexed by [`NodeId`]; ids are stable for the life of the graph. Every
+//! edge is stored twice (a node's `dependencies` and each dependency's `listeners`) and both sides
+//! are written by [`Graph::add_node`] alone, so they cannot disagree.
+//!
+//! Execution semantics (nnsight's, with two deliberate changes, both for memory):
+//!
+//! * [`Graph::set_value`] stores a value, then *first* releases the node's dependencies (each
+//!   loses one remaining listener; one left with none is destroyed), then tells its listeners
+//!   (each loses one remaining dependency; one left with none becomes ready), and finally destroys
+//!   the node itself if nothing listens to it.
+//! * Ready nodes go on an explicit LIFO stack instead of being executed recursively, so a chain of
+//!   any length runs in constant stack depth and each value is freed as soon as its last listener
+//!   has its own value. Listeners are pushed in reverse, so the first-registered runs first.
+//!
+//! The host (the Python bindings, or a closure in tests and benches) executes what
+//! [`Graph::pop_ready`] hands out and reports the result with [`Graph::set_value`].
+//! Re-entrant hosts use *frames*: each drain only pops entries above the stack depth it started
+//! at, so a value set from inside a running node executes exactly what it made ready.
+
+use crate::error::GraphError;
+use crate::names::Names;
+
+/// Stable handle of a node inside one [`Graph`].
+pub type NodeId = u32;
+
+/// Argument key of the root-module `argument` node (`Graph.argument_node_names` key).
+pub const ROOT_ARGUMENT: &str = "nnsight_root_module";
+
+/// What kind of node this is, derived from its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Runs its target when all its dependencies have values.
+    Op,
+    /// Entry point: its value is set from outside the graph, never executed.
+    Argument,
+    /// When executed it becomes the graph's pending swap; its value is set when the swap is used.
+    Swap,
+    /// Never executed, so its dependencies always keep one listener: how `.save()` works.
+    Null,
+    /// Executed by the host (registering a tensor hook); its value is set when the hook fires.
+    Grad,
+}
+
+impl Kind {
+    /// Whether a fulfilled node of this kind is put on the ready stack.
+    pub fn executes(self) -> bool {
+        matches!(self, Kind::Op | Kind::Swap | Kind::Grad)
+    }
+}
+
+/// One step of an execution, recorded when [`Graph::set_record_events`] is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The node was taken off the ready stack to be executed.
+    Execute(NodeId),
+    /// The node's value was set.
+    Set(NodeId),
+    /// The node's value was released.
+    Destroy(NodeId),
+}
+
+/// The intervention graph's bookkeeping, generic over the value type `V` (a Python object
+/// reference in the bindings, a number in tests and benches).
+#[derive(Debug)]
+pub struct Graph<V> {
+    names: Names,
+    kinds: Vec<Kind>,
+    /// Dependencies in CSR form: node `i`'s are `dep_edges[dep_offsets[i]..dep_offsets[i + 1]]`.
+    /// Append-only, since a node's dependencies are fixed when it is added.
+    dep_offsets: Vec<u32>,
+    dep_edges: Vec<NodeId>,
+    /// Listeners, growing as later nodes are added (the source of truth) ...
+    listeners: Vec<Vec<NodeId>>,
+    /// ... and the same lists flattened for the hot loop, rebuilt by `compile` when stale.
+    listener_csr: Csr,
+    initial_listeners: Vec<i64>,
+    remaining_listeners: Vec<i64>,
+    remaining_dependencies: Vec<i64>,
+    values: Vec<Option<V>>,
+    /// Argument key -> the `argument` nodes registered under it, keys in first-use order.
+    arguments: Vec<(String, Vec<NodeId>)>,
+    /// Nodes with no dependencies that execute: run by [`Graph::compile`].
+    roots: Vec<NodeId>,
+    ready: Vec<NodeId>,
+    swap: Option<NodeId>,
+    events: Option<Vec<Event>>,
+}
+
+/// A flattened adjacency list.
+#[derive(Debug, Default)]
+struct Csr {
+    offsets: Vec<u32>,
+    edges: Vec<NodeId>,
+    /// Number of nodes it was built for; stale once more nodes exist.
+    nodes: usize,
+}
+
+impl Csr {
+    fn rebuild(&mut self, lists: &[Vec<NodeId>]) {
+        self.offsets.clear();
+        self.edges.clear();
+        self.offsets.push(0);
+        for list in lists {
+            self.edges.extend_from_slice(list);
+            self.offsets.push(self.edges.len() as u32);
+        }
+        self.nodes = lists.len();
+    }
+
+    fn get(&self, i: usize) -> &[NodeId] {
+        &self.edges[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+}
+
+impl<V> Default for Graph<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V> Graph<V> {
+    pub fn new() -> Self {
+        Self {
+            names: Names::default(),
+            kinds: Vec::new(),
+            dep_offsets: vec![0],
+            dep_edges: Vec::new(),
+            listeners: Vec::new(),
+            listener_csr: Csr::default(),
+            initial_listeners: Vec::new(),
+            remaining_listeners: Vec::new(),
+            remaining_dependencies: Vec::new(),
+            values: Vec::new(),
+            arguments: Vec::new(),
+            roots: Vec::new(),
+            ready: Vec::new(),
+            swap: None,
+            events: None,
+        }
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.kinds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+
+    /// Adds a node and returns its id. Checks everything first: a refused node changes nothing.
+    ///
+    /// `dependencies` may repeat a node (`x + x`); each dependency is recorded once, in order of
+    /// first appearance. `argument_key` is required for [`Kind::Argument`] and ignored otherwise.
+    pub fn add_node(
+        &mut self,
+        name: Option<&str>,
+        target_name: &str,
+        kind: Kind,
+        dependencies: &[NodeId],
+        argument_key: Option<&str>,
+    ) -> Result<NodeId, GraphError> {
+        for &dep in dependencies {
+            self.check(dep)?;
+        }
+        let chosen = self.names.choose(name, target_name)?;
+        let argument_key = match kind {
+            Kind::Argument => match argument_key {
+                Some(key) => Some(key),
+                None => return Err(GraphError::MissingArgumentKey(chosen)),
+            },
+            _ => None,
+        };
+        if argument_key == Some(ROOT_ARGUMENT) && self.argument_slot(ROOT_ARGUMENT).is_some() {
+            return Err(GraphError::SecondRoot);
+        }
+
+        let id = self.kinds.len() as NodeId;
+        let start = self.dep_edges.len();
+        for &dep in dependencies {
+            if !self.dep_edges[start..].contains(&dep) {
+                self.dep_edges.push(dep);
+                self.listeners[dep as usize].push(id);
+                self.initial_listeners[dep as usize] += 1;
+            }
+        }
+        if self.dep_edges.len() == start && kind.executes() {
+            self.roots.push(id);
+        }
+        self.dep_offsets.push(self.dep_edges.len() as u32);
+        self.names.insert(chosen, target_name, id);
+        self.kinds.push(kind);
+        self.listeners.push(Vec::new());
+        self.initial_listeners.push(0);
+        self.remaining_listeners.push(0);
+        self.remaining_dependencies.push(0);
+        self.values.push(None);
+        if let Some(key) = argument_key {
+            match self.argument_slot(key) {
+                Some(slot) => self.arguments[slot].1.push(id),
+                None => self.arguments.push((key.to_owned(), vec![id])),
+            }
+        }
+        Ok(id)
+    }
+
+    /// Resets every node for a new execution: values released into `released`, remaining counts
+    /// set to the edge counts, no pending swap, an empty ready stack. Then the executable nodes
+    /// that have no dependencies are made ready (the first added on top), for the host to drain.
+    pub fn compile(&mut self, released: &mut Vec<V>) {
+        released.extend(self.values.iter_mut().filter_map(Option::take));
+        if self.listener_csr.nodes != self.len() {
+            self.listener_csr.rebuild(&self.listeners);
+        }
+        self.remaining_listeners
+            .copy_from_slice(&self.initial_listeners);
+        for (i, remaining) in self.remaining_dependencies.iter_mut().enumerate() {
+            *remaining = (self.dep_offsets[i + 1] - self.dep_offsets[i]) as i64;
+        }
+        self.ready.clear();
+        self.swap = None;
+        self.ready.extend(self.roots.iter().rev());
+    }
+
+    /// Sets a node's value and propagates (see the module docs). Released values, the node's old
+    /// value among them, go to `released` so the caller drops them when it is safe to.
+    pub fn set_value(
+        &mut self,
+        id: NodeId,
+        value: V,
+        released: &mut Vec<V>,
+    ) -> Result<(), GraphError> {
+        self.check(id)?;
+        let i = id as usize;
+        if let Some(old) = self.values[i].replace(value) {
+            released.push(old);
+        }
+        if let Some(events) = &mut self.events {
+            events.push(Event::Set(id));
+        }
+        let deps = &self.dep_edges[self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize];
+        for &dep in deps {
+            let d = dep as usize;
+            self.remaining_listeners[d] -= 1;
+            if self.remaining_listeners[d] == 0 {
+                Self::release(&mut self.values, &mut self.events, dep, released);
+            }
+        }
+        let listeners = if self.listener_csr.nodes == self.len() {
+            self.listener_csr.get(i)
+        } else {
+            &self.listeners[i]
+        };
+        for &listener in listeners.iter().rev() {
+            let l = listener as usize;
+            self.remaining_dependencies[l] -= 1;
+            if self.remaining_dependencies[l] == 0 && self.kinds[l].executes() {
+                self.ready.push(listener);
+            }
+        }
+        if self.remaining_listeners[i] == 0 {
+            Self::release(&mut self.values, &mut self.events, id, released);
+        }
+        Ok(())
+    }
+
+    /// Releases a node's value (nnsight's `destroy`).
+    pub fn destroy(&mut self, id: NodeId, released: &mut Vec<V>) -> Result<(), GraphError> {
+        self.check(id)?;
+        Self::release(&mut self.values, &mut self.events, id, released);
+        Ok(())
+    }
+
+    fn release(
+        values: &mut [Option<V>],
+        events: &mut Option<Vec<Event>>,
+        id: NodeId,
+        released: &mut Vec<V>,
+    ) {
+        if let Some(value) = values[id as usize].take() {
+            released.push(value);
+            if let Some(events) = events {
+                events.push(Event::Destroy(id));
+            }
+        }
+    }
+
+    /// Abandons the current execution: empties the ready stack, drops the pending swap and
+    /// releases every value. [`Graph::compile`] makes the graph runnable again.
+    pub fn abort(&mut self, released: &mut Vec<V>) {
+        self.ready.clear();
+        self.swap = None;
+        released.extend(self.values.iter_mut().filter_map(Option::take));
+    }
+
+    /// Depth of the ready stack: a drain started now owns the entries above it.
+    pub fn frame_base(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Takes the next ready node above `base`.
+    pub fn pop_ready(&mut self, base: usize) -> Option<NodeId> {
+        if self.ready.len() <= base {
+            return None;
+        }
+        let id = self.ready.pop()?;
+        if let Some(events) = &mut self.events {
+            events.push(Event::Execute(id));
+        }
+        Some(id)
+    }
+
+    /// Executes ready nodes above `base` until none are left. `execute` computes a node's value
+    /// (`Ok(None)`: the node sets no value now, as `grad` nodes do); `Swap` nodes are handled here.
+    /// On error the execution is aborted (see [`Graph::abort`]) and the error returned.
+    pub fn drain<E>(
+        &mut self,
+        base: usize,
+        released: &mut Vec<V>,
+        mut execute: impl FnMut(&Self, NodeId) -> Result<Option<V>, E>,
+    ) -> Result<(), E>
+    where
+        E: From<GraphError>,
+    {
+        while let Some(id) = self.pop_ready(base) {
+            if self.kinds[id as usize] == Kind::Swap {
+                self.swap = Some(id);
+                continue;
+            }
+            match execute(self, id) {
+                Ok(Some(value)) => self.set_value(id, value, released)?,
+                Ok(None) => {}
+                Err(err) => {
+                    self.abort(released);
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, id: NodeId) -> Result<(), GraphError> {
+        if (id as usize) < self.kinds.len() {
+            Ok(())
+        } else {
+            Err(GraphError::UnknownId(id))
+        }
+    }
+
+    fn argument_slot(&self, key: &str) -> Option<usize> {
+        self.arguments.iter().position(|(k, _)| k == key)
+    }
+
+    // ----- accessors -------------------------------------------------------------------------
+
+    pub fn value(&self, id: NodeId) -> Result<Option<&V>, GraphError> {
+        self.check(id)?;
+        Ok(self.values[id as usize].as_ref())
+    }
+
+    /// Whether the node's value is set.
+    pub fn done(&self, id: NodeId) -> Result<bool, GraphError> {
+        Ok(self.value(id)?.is_some())
+    }
+
+    /// Whether no dependency is still missing.
+    pub fn fulfilled(&self, id: NodeId) -> Result<bool, GraphError> {
+        Ok(self.remaining_dependencies(id)? == 0)
+    }
+
+    /// Whether no listener still needs the value.
+    pub fn redundant(&self, id: NodeId) -> Result<bool, GraphError> {
+        Ok(self.remaining_listeners(id)? == 0)
+    }
+
+    pub fn kind(&self, id: NodeId) -> Result<Kind, GraphError> {
+        self.check(id)?;
+        Ok(self.kinds[id as usize])
+    }
+
+    pub fn listeners(&self, id: NodeId) -> Result<&[NodeId], GraphError> {
+        self.check(id)?;
+        Ok(&self.listeners[id as usize])
+    }
+
+    pub fn dependencies(&self, id: NodeId) -> Result<&[NodeId], GraphError> {
+        self.check(id)?;
+        let i = id as usize;
+        Ok(&self.dep_edges[self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize])
+    }
+
+    pub fn remaining_listeners(&self, id: NodeId) -> Result<i64, GraphError> {
+        self.check(id)?;
+        Ok(self.remaining_listeners[id as usize])
+    }
+
+    pub fn remaining_dependencies(&self, id: NodeId) -> Result<i64, GraphError> {
+        self.check(id)?;
+        Ok(self.remaining_dependencies[id as usize])
+    }
+
+    pub fn set_remaining_listeners(&mut self, id: NodeId, n: i64) -> Result<(), GraphError> {
+        self.check(id)?;
+        self.remaining_listeners[id as usize] = n;
+        Ok(())
+    }
+
+    pub fn set_remaining_dependencies(&mut self, id: NodeId, n: i64) -> Result<(), GraphError> {
+        self.check(id)?;
+        self.remaining_dependencies[id as usize] = n;
+        Ok(())
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn name(&self, id: NodeId) -> Result<&str, GraphError> {
+        self.names.name_of(id).ok_or(GraphError::UnknownId(id))
+    }
+
+    pub fn id_of(&self, name: &str) -> Result<NodeId, GraphError> {
+        self.names
+            .id_of(name)
+            .ok_or_else(|| GraphError::UnknownName(name.to_owned()))
+    }
+
+    /// `(argument key, argument nodes)` pairs in first-use order.
+    pub fn arguments(&self) -> &[(String, Vec<NodeId>)] {
+        &self.arguments
+    }
+
+    /// The root-module argument node, once added.
+    pub fn root(&self) -> Option<NodeId> {
+        self.argument_slot(ROOT_ARGUMENT)
+            .and_then(|slot| self.arguments[slot].1.first().copied())
+    }
+
+    pub fn swap(&self) -> Option<NodeId> {
+        self.swap
+    }
+
+    pub fn set_swap(&mut self, swap: Option<NodeId>) -> Result<(), GraphError> {
+        if let Some(id) = swap {
+            self.check(id)?;
+        }
+        self.swap = swap;
+        Ok(())
+    }
+
+    /// Turns event recording on (collecting from now) or off (dropping what was collected).
+    pub fn set_record_events(&mut self, on: bool) {
+        self.events = if on { Some(Vec::new()) } else { None };
+    }
+
+    pub fn records_events(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// Returns the events recorded since the last call (empty when recording is off).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Every stored value, for a garbage collector's traversal.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.values.iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type G = Graph<i64>;
+
+    /// Runs the graph with every op node's value = 1 + the sum of its dependencies' values.
+    fn run_sum(g: &mut G, root_value: i64) -> Vec<i64> {
+        let mut released = Vec::new();
+        g.compile(&mut released);
+        g.drain(0, &mut released, sum_of_deps).unwrap();
+        let root = g.root().unwrap();
+        let base = g.frame_base();
+        g.set_value(root, root_value, &mut released).unwrap();
+        g.drain(base, &mut released, sum_of_deps).unwrap();
+        released
+    }
+
+    fn sum_of_deps(g: &G, id: NodeId) -> Result<Option<i64>, GraphError> {
+        let mut total = 1;
+        for &dep in g.dependencies(id)? {
+            total += *g.value(dep)?.expect("dependency has a value");
+        }
+        Ok(Some(total))
+    }
+
+    fn root(g: &mut G) -> NodeId {
+        g.add_node(None, "argument", Kind::Argument, &[], Some(ROOT_ARGUMENT))
+            .unwrap()
+    }
+
+    #[test]
+    fn chain_runs_in_order_and_frees_each_value_after_its_listener() {
+        let mut g = G::new();
+        g.set_record_events(true);
+        let r = root(&mut g);
+        let a = g.add_node(None, "add", Kind::Op, &[r], None).unwrap();
+        let b = g.add_node(None, "add", Kind::Op, &[a], None).unwrap();
+        let save = g.add_node(None, "null", Kind::Null, &[b], None).unwrap();
+        run_sum(&mut g, 10);
+        use Event::*;
+        assert_eq!(
+            g.take_events(),
+            vec![
+                Set(r),
+                Execute(a),
+                Set(a),
+                Destroy(r),
+                Execute(b),
+                Set(b),
+                Destroy(a)
+            ]
+        );
+        assert_eq!(g.value(b).unwrap(), Some(&12));
+        assert!(!g.done(save).unwrap());
+        assert_eq!(g.name(a).unwrap(), "add_0");
+        assert_eq!(g.name(b).unwrap(), "add_1");
+    }
+
+    #[test]
+    fn fan_in_waits_for_every_dependency_and_dedups_edges() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
+        let b = g.add_node(None, "b", Kind::Op, &[r], None).unwrap();
+        let c = g.add_node(None, "c", Kind::Op, &[a, b, a], None).unwrap();
+        let _keep = g.add_node(None, "null", Kind::Null, &[c], None).unwrap();
+        assert_eq!(g.dependencies(c).unwrap(), &[a, b]);
+        assert_eq!(g.listeners(a).unwrap(), &[c]);
+        run_sum(&mut g, 1);
+        // a = 2, b = 2, c = 1 + 2 + 2
+        assert_eq!(g.value(c).unwrap(), Some(&5));
+        assert!(!g.done(a).unwrap() && !g.done(b).unwrap() && !g.done(r).unwrap());
+    }
+
+    #[test]
+    fn node_with_no_listeners_is_destroyed_once_set() {
+        let mut g = G::new();
+        g.set_record_events(true);
+        let r = root(&mut g);
+        let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
+        let released = run_sum(&mut g, 3);
+        assert!(!g.done(a).unwrap());
+        assert_eq!(released, vec![3, 4]);
+        assert!(g.take_events().contains(&Event::Destroy(a)));
+    }
+
+    #[test]
+    fn compile_resets_counts_and_values_for_a_rerun() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
+        let _keep = g.add_node(None, "null", Kind::Null, &[a], None).unwrap();
+        run_sum(&mut g, 1);
+        assert_eq!(g.value(a).unwrap(), Some(&2));
+        let released = run_sum(&mut g, 5);
+        assert_eq!(released, vec![2, 5], "old saved value released by compile");
+        assert_eq!(g.value(a).unwrap(), Some(&6));
+        assert_eq!(g.remaining_listeners(a).unwrap(), 1);
+    }
+
+    #[test]
+    fn nodes_without_dependencies_run_at_compile() {
+        let mut g = G::new();
+        let _r = root(&mut g);
+        let c = g.add_node(None, "const", Kind::Op, &[], None).unwrap();
+        let d = g.add_node(None, "d", Kind::Op, &[c], None).unwrap();
+        let _keep = g.add_node(None, "null", Kind::Null, &[d], None).unwrap();
+        let mut released = Vec::new();
+        g.compile(&mut released);
+        g.drain(0, &mut released, sum_of_deps).unwrap();
+        assert_eq!(g.value(d).unwrap(), Some(&2));
+    }
+
+    #[test]
+    fn swap_node_becomes_pending_and_keeps_its_dependencies() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
+        let s = g.add_node(None, "swap", Kind::Swap, &[a], None).unwrap();
+        run_sum(&mut g, 1);
+        assert_eq!(g.swap(), Some(s));
+        assert_eq!(g.value(a).unwrap(), Some(&2), "kept until the swap is used");
+        let mut released = Vec::new();
+        g.set_value(s, 0, &mut released).unwrap();
+        assert_eq!(released, vec![2, 0]);
+    }
+
+    #[test]
+    fn error_aborts_and_releases_everything() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
+        let b = g.add_node(None, "b", Kind::Op, &[a], None).unwrap();
+        let _keep = g.add_node(None, "null", Kind::Null, &[a], None).unwrap();
+        let _keep = g.add_node(None, "null", Kind::Null, &[b], None).unwrap();
+        let mut released = Vec::new();
+        g.compile(&mut released);
+        g.set_value(r, 1, &mut released).unwrap();
+        let result = g.drain(0, &mut released, |g, id| {
+            if id == b {
+                Err(GraphError::UnknownId(99))
+            } else {
+                sum_of_deps(g, id)
+            }
+        });
+        assert_eq!(result, Err(GraphError::UnknownId(99)));
+        assert!(g.values().next().is_none());
+        assert_eq!(g.frame_base(), 0);
+    }
+
+    #[test]
+    fn frames_only_drain_their_own_entries() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let x = g
+            .add_node(None, "argument", Kind::Argument, &[], Some("x"))
+            .unwrap();
+        let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
+        let b = g.add_node(None, "b", Kind::Op, &[x], None).unwrap();
+        let mut released = Vec::new();
+        g.compile(&mut released);
+        g.set_value(r, 1, &mut released).unwrap();
+        assert_eq!(g.frame_base(), 1, "a is ready in the outer frame");
+        let base = g.frame_base();
+        g.set_value(x, 1, &mut released).unwrap();
+        let mut ran = Vec::new();
+        g.drain(base, &mut released, |g, id| {
+            ran.push(id);
+            sum_of_deps(g, id)
+        })
+        .unwrap();
+        assert_eq!(ran, vec![b]);
+        assert_eq!(g.pop_ready(0), Some(a));
+        assert_eq!(
+            g.arguments(),
+            &[
+                (ROOT_ARGUMENT.to_owned(), vec![r]),
+                ("x".to_owned(), vec![x])
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused_without_changes() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        assert_eq!(
+            g.add_node(None, "argument", Kind::Argument, &[], Some(ROOT_ARGUMENT)),
+            Err(GraphError::SecondRoot)
+        );
+        assert_eq!(
+            g.add_node(None, "add", Kind::Op, &[r, 7], None),
+            Err(GraphError::UnknownId(7))
+        );
+        assert!(matches!(
+            g.add_node(None, "argument", Kind::Argument, &[], None),
+            Err(GraphError::MissingArgumentKey(_))
+        ));
+        assert_eq!(
+            g.add_node(Some("argument_0"), "add", Kind::Op, &[], None),
+            Err(GraphError::DuplicateName("argument_0".into()))
+        );
+        assert_eq!(g.len(), 1);
+        assert_eq!(g.listeners(r).unwrap(), &[] as &[NodeId]);
+        assert_eq!(g.names().count("argument"), 1);
+        assert_eq!(g.id_of("nope"), Err(GraphError::UnknownName("nope".into())));
+        let mut released = Vec::new();
+        assert_eq!(
+            g.set_value(5, 1, &mut released),
+            Err(GraphError::UnknownId(5))
+        );
+    }
+
+    #[test]
+    fn long_chain_runs_without_recursion() {
+        let mut g = G::new();
+        let mut prev = root(&mut g);
+        for _ in 0..200_000 {
+            prev = g.add_node(None, "add", Kind::Op, &[prev], None).unwrap();
+        }
+        g.add_node(None, "null", Kind::Null, &[prev], None).unwrap();
+        run_sum(&mut g, 0);
+        assert_eq!(g.value(prev).unwrap(), Some(&200_000));
+        assert_eq!(g.values().count(), 1);
+    }
+}

@@ -1,0 +1,15 @@
+//! Bookkeeping core of nnsight's intervention graphs.
+//!
+//! The pure graph logic ([`graph`], [`names`], [`error`]) never touches Python, so it is unit
+//! tested and benchmarked with plain `cargo test` / `cargo bench`. The PyO3 bindings live in
+//! [`python`] behind the `python` feature, which maturin turns on when it builds `nnsight._core`.
+
+pub mod error;
+pub mod graph;
+pub mod names;
+
+#[cfg(feature = "python")]
+pub mod python;
+
+pub use error::GraphError;
+pub use graph::{Event, Graph, Kind, NodeId, ROOT_ARGUMENT};

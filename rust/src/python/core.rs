@@ -1,0 +1,519 @@
+//! `GraphCore`: a [`Graph`] of Python values plus the fast execution path for op nodes.
+//!
+//! Op nodes whose node references all sit at the top level of their args/kwargs get a
+//! [`CallPlan`]: executing one builds the argument tuple in Rust, moves tensors to the first
+//! tensor's device when they differ, and calls the target, with no Python frame of ours in
+//! between. Every other executable node is run by calling `nodes[id]._run()` on the Python
+//! `Node` list the caller passes in (the core never stores Python `Node` objects, so it forms no
+//! reference cycle with them).
+//!
+//! Re-entrancy: the borrow of `self` is never held across a call into Python, so a target may
+//! set values on this very graph (a model hook does); that call drains its own frame.
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::graph::{Event, Graph, Kind, NodeId};
+
+/// One positional or keyword argument of a fast call.
+enum Slot {
+    Const(Py<PyAny>),
+    Node(NodeId),
+}
+
+/// How to call an op node's target without going through Python code of ours.
+struct CallPlan {
+    target: Py<PyAny>,
+    args: Vec<Slot>,
+    kwargs: Vec<(Py<PyString>, Slot)>,
+}
+
+enum Plan {
+    /// Not executed by the core, or executed by the Python `Node._run`.
+    Python,
+    Call(CallPlan),
+}
+
+/// What the drain loop does with the node it popped, decided while `self` is borrowed.
+enum Step<'py> {
+    Call {
+        target: Bound<'py, PyAny>,
+        args: Bound<'py, PyTuple>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    },
+    Python,
+    Swap,
+}
+
+fn parse_kind(kind: &str) -> PyResult<Kind> {
+    Ok(match kind {
+        "op" => Kind::Op,
+        "argument" => Kind::Argument,
+        "swap" => Kind::Swap,
+        "null" => Kind::Null,
+        "grad" => Kind::Grad,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown node kind '{other}'"
+            )))
+        }
+    })
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Op => "op",
+        Kind::Argument => "argument",
+        Kind::Swap => "swap",
+        Kind::Null => "null",
+        Kind::Grad => "grad",
+    }
+}
+
+fn to_id(id: i64) -> Option<NodeId> {
+    NodeId::try_from(id).ok()
+}
+
+/// Node storage, names and propagation for one `nnsight.tracing.Graph`.
+#[pyclass(name = "GraphCore", module = "nnsight._core")]
+pub struct PyGraphCore {
+    graph: Graph<Py<PyAny>>,
+    plans: Vec<Plan>,
+    /// The "no value" sentinel (`inspect._empty`): what `value` returns for an unset node, and
+    /// what `Node._run` returns when a node sets no value now.
+    empty: Py<PyAny>,
+    /// `torch.Tensor`, for the device check of fast calls (`None`: no device handling).
+    tensor_type: Option<Py<PyType>>,
+}
+
+impl PyGraphCore {
+    fn slot<'py>(&self, py: Python<'py>, slot: &Slot) -> PyResult<Bound<'py, PyAny>> {
+        match slot {
+            Slot::Const(value) => Ok(value.bind(py).clone()),
+            Slot::Node(dep) => match self.graph.value(*dep)? {
+                Some(value) => Ok(value.bind(py).clone()),
+                None => Err(PyRuntimeError::new_err(format!(
+                    "dependency '{}' has no value (it was never set, or was already destroyed)",
+                    self.graph.name(*dep)?
+                ))),
+            },
+        }
+    }
+
+    fn is_tensor(&self, value: &Bound<'_, PyAny>) -> bool {
+        match &self.tensor_type {
+            // SAFETY: both pointers are valid type objects for as long as the GIL is held.
+            Some(tensor) => unsafe {
+                pyo3::ffi::PyType_IsSubtype(value.get_type_ptr(), tensor.as_ptr().cast()) != 0
+            },
+            None => false,
+        }
+    }
+
+    /// Builds the call of a fast op node from its plan and the current values.
+    fn prepare_call<'py>(&self, py: Python<'py>, plan: &CallPlan) -> PyResult<Step<'py>> {
+        let mut args = Vec::with_capacity(plan.args.len());
+        for slot in &plan.args {
+            args.push(self.slot(py, slot)?);
+        }
+        let mut kw_values = Vec::with_capacity(plan.kwargs.len());
+        for (_, slot) in &plan.kwargs {
+            kw_values.push(self.slot(py, slot)?);
+        }
+        self.align_devices(py, &mut args, &mut kw_values)?;
+        let kwargs = if plan.kwargs.is_empty() {
+            None
+        } else {
+            let dict = PyDict::new(py);
+            for ((key, _), value) in plan.kwargs.iter().zip(kw_values) {
+                dict.set_item(key.bind(py), value)?;
+            }
+            Some(dict)
+        };
+        Ok(Step::Call {
+            target: plan.target.bind(py).clone(),
+            args: PyTuple::new(py, args)?,
+            kwargs,
+        })
+    }
+
+    /// Moves every tensor to the device of the first one, when there are several on different
+    /// devices (nnsight's `prepare_inputs` rule). One tensor, or none, costs a type check each.
+    fn align_devices<'py>(
+        &self,
+        py: Python<'py>,
+        args: &mut [Bound<'py, PyAny>],
+        kwargs: &mut [Bound<'py, PyAny>],
+    ) -> PyResult<()> {
+        let mut tensors = args
+            .iter_mut()
+            .chain(kwargs.iter_mut())
+            .filter(|value| self.is_tensor(value));
+        let Some(first) = tensors.next() else {
+            return Ok(());
+        };
+        let mut device: Option<Bound<'py, PyAny>> = None;
+        for tensor in tensors {
+            let device = match &device {
+                Some(device) => device,
+                None => device.insert(first.getattr(intern!(py, "device"))?),
+            };
+            if !tensor.getattr(intern!(py, "device"))?.eq(device)? {
+                *tensor = tensor.call_method1(intern!(py, "to"), (device,))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pops the next ready node above `base` and decides how to run it.
+    fn next_step<'py>(
+        slf: &Bound<'py, Self>,
+        base: usize,
+    ) -> Option<(NodeId, PyResult<Step<'py>>)> {
+        let py = slf.py();
+        let mut this = slf.borrow_mut();
+        let id = this.graph.pop_ready(base)?;
+        let step = match (this.graph.kind(id), &this.plans[id as usize]) {
+            (Ok(Kind::Swap), _) => Ok(Step::Swap),
+            (_, Plan::Call(plan)) => this.prepare_call(py, plan),
+            (_, Plan::Python) => Ok(Step::Python),
+        };
+        Some((id, step))
+    }
+
+    /// Executes ready nodes above `base` until there are none. On an error the execution is
+    /// aborted (every value released) and the error, wrapped by `Node._execution_error` so it
+    /// names the node and the user's line, is returned.
+    fn drain(slf: &Bound<'_, Self>, base: usize, nodes: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        while let Some((id, step)) = Self::next_step(slf, base) {
+            let result = step.and_then(|step| match step {
+                Step::Call {
+                    target,
+                    args,
+                    kwargs,
+                } => target.call(args, kwargs.as_ref()).map(Some),
+                Step::Python => match nodes {
+                    Some(nodes) => nodes
+                        .get_item(id)?
+                        .call_method0(intern!(py, "_run"))
+                        .map(Some),
+                    None => Err(PyRuntimeError::new_err(
+                        "the graph this node belongs to no longer exists",
+                    )),
+                },
+                Step::Swap => {
+                    slf.borrow_mut().graph.set_swap(Some(id))?;
+                    Ok(None)
+                }
+            });
+            match result {
+                Ok(Some(value)) if !value.is(slf.borrow().empty.bind(py)) => {
+                    Self::store(slf, id, value.unbind())?
+                }
+                Ok(_) => {}
+                Err(err) => return Err(Self::fail(slf, id, err, nodes)),
+            }
+        }
+        Ok(())
+    }
+
+    fn store(slf: &Bound<'_, Self>, id: NodeId, value: Py<PyAny>) -> PyResult<()> {
+        let mut released = Vec::new();
+        let result = slf.borrow_mut().graph.set_value(id, value, &mut released);
+        // Dropped with no borrow held: a value's finaliser may call back into this graph.
+        drop(released);
+        Ok(result?)
+    }
+
+    fn fail(
+        slf: &Bound<'_, Self>,
+        id: NodeId,
+        err: PyErr,
+        nodes: Option<&Bound<'_, PyAny>>,
+    ) -> PyErr {
+        let py = slf.py();
+        let mut released = Vec::new();
+        slf.borrow_mut().graph.abort(&mut released);
+        drop(released);
+        let Some(nodes) = nodes else { return err };
+        let wrapped = nodes
+            .get_item(id)
+            .and_then(|node| node.call_method1(intern!(py, "_execution_error"), (err.value(py),)));
+        match wrapped {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(wrap_err) => wrap_err,
+        }
+    }
+}
+
+#[pymethods]
+impl PyGraphCore {
+    #[new]
+    #[pyo3(signature = (empty, tensor_type=None))]
+    fn new(empty: Py<PyAny>, tensor_type: Option<Py<PyType>>) -> Self {
+        Self {
+            graph: Graph::new(),
+            plans: Vec::new(),
+            empty,
+            tensor_type,
+        }
+    }
+
+    /// Adds a node; returns its id and its (possibly generated) unique name.
+    ///
+    /// With `fast` true, `target(*args, **kwargs)` is called by the core, where `arg_slots[i]` /
+    /// `kwarg_slots[j]` is the node id whose value replaces `args[i]` / the j-th kwarg (in dict
+    /// order), or -1 to pass the constant as it is.
+    #[pyo3(signature = (name, target_name, kind, dependencies, argument_key=None, fast=false, target=None, args=None, arg_slots=None, kwargs=None, kwarg_slots=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_node(
+        &mut self,
+        name: Option<&str>,
+        target_name: &str,
+        kind: &str,
+        dependencies: Vec<i64>,
+        argument_key: Option<&str>,
+        fast: bool,
+        target: Option<Bound<'_, PyAny>>,
+        args: Option<Bound<'_, PyList>>,
+        arg_slots: Option<Vec<i64>>,
+        kwargs: Option<Bound<'_, PyDict>>,
+        kwarg_slots: Option<Vec<i64>>,
+    ) -> PyResult<(u32, String)> {
+        let kind = parse_kind(kind)?;
+        let mut deps = Vec::with_capacity(dependencies.len());
+        for dep in dependencies {
+            deps.push(
+                to_id(dep)
+                    .ok_or_else(|| PyValueError::new_err(format!("invalid dependency id {dep}")))?,
+            );
+        }
+        let slot = |value: Bound<'_, PyAny>, id: i64| -> PyResult<Slot> {
+            if id < 0 {
+                Ok(Slot::Const(value.unbind()))
+            } else {
+                let id = to_id(id).filter(|id| deps.contains(id)).ok_or_else(|| {
+                    PyValueError::new_err(format!("slot {id} is not a dependency"))
+                })?;
+                Ok(Slot::Node(id))
+            }
+        };
+        let plan = match (fast, kind, target) {
+            (true, Kind::Op, Some(target)) => {
+                let arg_slots = arg_slots.unwrap_or_default();
+                let kwarg_slots = kwarg_slots.unwrap_or_default();
+                let mut plan = CallPlan {
+                    target: target.unbind(),
+                    args: Vec::with_capacity(arg_slots.len()),
+                    kwargs: Vec::with_capacity(kwarg_slots.len()),
+                };
+                if let Some(args) = args {
+                    if args.len() != arg_slots.len() {
+                        return Err(PyValueError::new_err("args and arg_slots differ in length"));
+                    }
+                    for (value, &id) in args.iter().zip(&arg_slots) {
+                        plan.args.push(slot(value, id)?);
+                    }
+                }
+                if let Some(kwargs) = kwargs {
+                    if kwargs.len() != kwarg_slots.len() {
+                        return Err(PyValueError::new_err(
+                            "kwargs and kwarg_slots differ in length",
+                        ));
+                    }
+                    for ((key, value), &id) in kwargs.iter().zip(&kwarg_slots) {
+                        plan.kwargs
+                            .push((key.cast_into::<PyString>()?.unbind(), slot(value, id)?));
+                    }
+                }
+                Plan::Call(plan)
+            }
+            _ => Plan::Python,
+        };
+        let id = self
+            .graph
+            .add_node(name, target_name, kind, &deps, argument_key)?;
+        self.plans.push(plan);
+        Ok((id, self.graph.name(id)?.to_owned()))
+    }
+
+    /// Resets every node for a new execution and runs the nodes that need no input.
+    fn compile(slf: &Bound<'_, Self>, nodes: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let mut released = Vec::new();
+        slf.borrow_mut().graph.compile(&mut released);
+        drop(released);
+        Self::drain(slf, 0, nodes)
+    }
+
+    /// Sets a node's value and executes everything that becomes ready because of it.
+    fn set_value(
+        slf: &Bound<'_, Self>,
+        id: i64,
+        value: Py<PyAny>,
+        nodes: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let id = to_id(id).ok_or_else(|| PyValueError::new_err(format!("invalid node id {id}")))?;
+        let base = slf.borrow().graph.frame_base();
+        Self::store(slf, id, value)?;
+        Self::drain(slf, base, nodes)
+    }
+
+    /// Releases a node's value.
+    fn destroy(slf: &Bound<'_, Self>, id: u32) -> PyResult<()> {
+        let mut released = Vec::new();
+        let result = slf.borrow_mut().graph.destroy(id, &mut released);
+        drop(released);
+        Ok(result?)
+    }
+
+    /// The node's value, or the empty sentinel when it is not set.
+    fn value(&self, py: Python<'_>, id: u32) -> PyResult<Py<PyAny>> {
+        Ok(match self.graph.value(id)? {
+            Some(value) => value.clone_ref(py),
+            None => self.empty.clone_ref(py),
+        })
+    }
+
+    fn done(&self, id: u32) -> PyResult<bool> {
+        Ok(self.graph.done(id)?)
+    }
+
+    fn fulfilled(&self, id: u32) -> PyResult<bool> {
+        Ok(self.graph.fulfilled(id)?)
+    }
+
+    fn redundant(&self, id: u32) -> PyResult<bool> {
+        Ok(self.graph.redundant(id)?)
+    }
+
+    fn kind(&self, id: u32) -> PyResult<&'static str> {
+        Ok(kind_name(self.graph.kind(id)?))
+    }
+
+    fn listeners(&self, id: u32) -> PyResult<Vec<u32>> {
+        Ok(self.graph.listeners(id)?.to_vec())
+    }
+
+    fn dependencies(&self, id: u32) -> PyResult<Vec<u32>> {
+        Ok(self.graph.dependencies(id)?.to_vec())
+    }
+
+    fn remaining_listeners(&self, id: u32) -> PyResult<i64> {
+        Ok(self.graph.remaining_listeners(id)?)
+    }
+
+    fn remaining_dependencies(&self, id: u32) -> PyResult<i64> {
+        Ok(self.graph.remaining_dependencies(id)?)
+    }
+
+    fn set_remaining_listeners(&mut self, id: u32, n: i64) -> PyResult<()> {
+        Ok(self.graph.set_remaining_listeners(id, n)?)
+    }
+
+    fn set_remaining_dependencies(&mut self, id: u32, n: i64) -> PyResult<()> {
+        Ok(self.graph.set_remaining_dependencies(id, n)?)
+    }
+
+    /// Id of the node with this name; `KeyError` if there is none.
+    fn id_of(&self, name: &str) -> PyResult<u32> {
+        Ok(self.graph.id_of(name)?)
+    }
+
+    fn name_of(&self, id: u32) -> PyResult<String> {
+        Ok(self.graph.name(id)?.to_owned())
+    }
+
+    fn __contains__(&self, name: &str) -> bool {
+        self.graph.id_of(name).is_ok()
+    }
+
+    fn __len__(&self) -> usize {
+        self.graph.len()
+    }
+
+    /// Node names in insertion order.
+    fn names(&self) -> Vec<String> {
+        self.graph.names().names().to_vec()
+    }
+
+    /// `Graph.name_idx`: target name -> number of nodes added with it.
+    fn name_idx<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (target, count) in self.graph.names().counters() {
+            dict.set_item(target, count)?;
+        }
+        Ok(dict)
+    }
+
+    /// `Graph.argument_node_names`: argument key -> names of its `argument` nodes.
+    fn argument_node_names<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (key, ids) in self.graph.arguments() {
+            let names = ids
+                .iter()
+                .map(|&id| self.graph.name(id))
+                .collect::<Result<Vec<_>, _>>()?;
+            dict.set_item(key, names)?;
+        }
+        Ok(dict)
+    }
+
+    fn root(&self) -> Option<u32> {
+        self.graph.root()
+    }
+
+    fn swap(&self) -> Option<u32> {
+        self.graph.swap()
+    }
+
+    fn set_swap(&mut self, id: Option<u32>) -> PyResult<()> {
+        Ok(self.graph.set_swap(id)?)
+    }
+
+    fn record_events(&mut self, on: bool) {
+        self.graph.set_record_events(on);
+    }
+
+    /// Events since the last call, as `(kind, node id)` with kind `execute`, `set` or `destroy`.
+    fn take_events(&mut self) -> Vec<(&'static str, u32)> {
+        self.graph
+            .take_events()
+            .into_iter()
+            .map(|event| match event {
+                Event::Execute(id) => ("execute", id),
+                Event::Set(id) => ("set", id),
+                Event::Destroy(id) => ("destroy", id),
+            })
+            .collect()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.empty)?;
+        visit.call(&self.tensor_type)?;
+        for value in self.graph.values() {
+            visit.call(value)?;
+        }
+        for plan in &self.plans {
+            if let Plan::Call(plan) = plan {
+                visit.call(&plan.target)?;
+                let slots = plan.args.iter().chain(plan.kwargs.iter().map(|(_, s)| s));
+                for slot in slots {
+                    if let Slot::Const(value) = slot {
+                        visit.call(value)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        let mut released = Vec::new();
+        self.graph.abort(&mut released);
+        self.plans.clear();
+        self.graph = Graph::new();
+    }
+}
