@@ -150,7 +150,10 @@ class Graph:
         return self.proxy_class(node)
 
     def _fake_value(
-        self, target: Any, args: list[Any] | None, kwargs: dict[str, Any] | None,
+        self,
+        target: Any,
+        args: list[Any] | None,
+        kwargs: dict[str, Any] | None,
         source: tuple[str, int],
     ) -> Any:
         inputs = ([] if args is None else args, {} if kwargs is None else kwargs)
@@ -162,7 +165,7 @@ class Graph:
             )
         ):
             return _EMPTY
-        fake_args, fake_kwargs = Node.prepare_proxy_values(inputs)
+        fake_args, fake_kwargs = self._fake.fakify(Node.prepare_proxy_values(inputs))
         call = target
         if isinstance(target, str):
             obj, *fake_args = fake_args

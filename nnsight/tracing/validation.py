@@ -7,12 +7,15 @@ Real tensors among the arguments (weights, constants) are fakified by the mode
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
     DynamicOutputShapeException,
+    FakeTensor,
     FakeTensorMode,
     UnsupportedFakeTensorException,
     UnsupportedOperatorException,
@@ -20,12 +23,36 @@ from torch._subclasses.fake_tensor import (
 
 #: Failures that say "fake tensors cannot tell" rather than "this op is wrong": the node is
 #: kept, with an unknown proxy value.
+from ._walk import map_structure
+
 _UNKNOWABLE = (
     DataDependentOutputException,
     DynamicOutputShapeException,
     UnsupportedFakeTensorException,
     UnsupportedOperatorException,
 )
+
+
+_active = threading.local()
+
+
+class _QuietWhileValidating(logging.Filter):
+    """Drops the traceback torch logs when a fake op fails, while one of our runs is active:
+    the failure is re-raised as a ValidationError naming the user's line, so the log is noise.
+    Other code's fake-tensor logging is untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_active, "on", False)
+
+
+_filter_installed = False
+
+
+def _install_filter() -> None:
+    global _filter_installed
+    if not _filter_installed:
+        logging.getLogger("torch._subclasses.fake_tensor").addFilter(_QuietWhileValidating())
+        _filter_installed = True
 
 
 class FakeRunner:
@@ -39,15 +66,28 @@ class FakeRunner:
     @property
     def mode(self) -> FakeTensorMode:
         if self._mode is None:
+            _install_filter()
             self._mode = FakeTensorMode(allow_non_fake_inputs=True)
         return self._mode
+
+    def fakify(self, values: Any) -> Any:
+        """``values`` with every real tensor replaced by its (memoised) fake twin, so that even
+        in-place ops run during validation cannot touch real data."""
+        mode = self.mode
+
+        def to_fake(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor if isinstance(tensor, FakeTensor) else mode.from_tensor(tensor)
+
+        return map_structure(values, to_fake, torch.Tensor)
 
     def run(self, target: Any, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, Any]:
         """``(True, result)`` of ``target(*args, **kwargs)`` under the fake mode, or
         ``(False, None)`` when fake tensors cannot know the result (data-dependent shapes).
         Any other exception propagates: it is a real error in the traced code."""
+        mode = self.mode
+        _active.on = True
         try:
-            with self.mode:
+            with mode:
                 return True, target(*args, **kwargs)
         except _UNKNOWABLE:
             return False, None
@@ -57,6 +97,8 @@ class FakeRunner:
             if "data-dependent" in str(err) or "data dependent" in str(err):
                 return False, None
             raise
+        finally:
+            _active.on = False
 
 
 def describe(value: Any) -> str:
