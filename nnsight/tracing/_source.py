@@ -7,16 +7,26 @@ import sys
 
 import torch
 
-_NNSIGHT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_TRACING_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-_LIBRARY_DIRS = (_NNSIGHT_DIR, _TORCH_DIR)
+#: Frames in these directories are library internals, never "the user's line". Layers built on
+#: tracing add their own directories with :func:`skip_directory`.
+_LIBRARY_DIRS: tuple[str, ...] = (_TRACING_DIR, _TORCH_DIR)
+
+
+def skip_directory(path: str) -> None:
+    """Treats frames from files under ``path`` as library internals."""
+    global _LIBRARY_DIRS
+    path = os.path.abspath(path) + os.sep
+    if path not in _LIBRARY_DIRS:
+        _LIBRARY_DIRS = (*_LIBRARY_DIRS, path)
 
 #: ``(file, line)`` of a node whose origin is unknown.
 UNKNOWN = ("<unknown>", 0)
 
 
 def user_source(skip: int = 1) -> tuple[str, int]:
-    """``(file, line)`` of the innermost frame outside nnsight and torch, ``skip`` frames up."""
+    """``(file, line)`` of the innermost frame outside library internals, ``skip`` frames up."""
     frame = sys._getframe(skip)
     while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
         frame = frame.f_back
