@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -84,6 +85,7 @@ class Graph:
     ) -> None:
         self._core = GraphCore(_EMPTY, torch.Tensor)
         self._nodes: list[Node] = []
+        self._weak_self = weakref.ref(self)  # shared by all nodes (they hold the graph weakly)
         self._fake = FakeRunner()
         self.nodes = NodeMap(self._core, self._nodes)
         self.proxy_class = proxy_class

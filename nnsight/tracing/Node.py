@@ -65,10 +65,10 @@ class Node:
         "__weakref__",
         "_core",
         "_graph_ref",
+        "_name",
         "args",
         "id",
         "kwargs",
-        "name",
         "proxy_value",
         "source",
         "target",
@@ -89,15 +89,37 @@ class Node:
         args = [] if args is None else list(args)
         kwargs = {} if kwargs is None else dict(kwargs)
         deps: list[int] = []
-        arg_slots = [_link(args, i, core, deps) for i in range(len(args))]
-        kwarg_slots = [_link(kwargs, key, core, deps) for key in list(kwargs)]
-        fast = -2 not in arg_slots and -2 not in kwarg_slots
+        # Top-level items inline (the common case); containers are walked by _link_nested.
+        # A slot is the id of the node whose value is passed there, or -1 for a constant.
+        fast = not isinstance(target, str)
+        arg_slots = []
+        for i, item in enumerate(args):
+            if isinstance(item, Proxy):
+                item = args[i] = item.node
+            if isinstance(item, Node):
+                if item._core is not core:
+                    _foreign(item)
+                deps.append(item.id)
+                arg_slots.append(item.id)
+            else:
+                arg_slots.append(-1)
+                if isinstance(item, CONTAINERS) and _link_nested(args, i, core, deps):
+                    fast = False
+        kwarg_slots = []
+        for key, item in kwargs.items():
+            if isinstance(item, Proxy):
+                item = kwargs[key] = item.node
+            if isinstance(item, Node):
+                if item._core is not core:
+                    _foreign(item)
+                deps.append(item.id)
+                kwarg_slots.append(item.id)
+            else:
+                kwarg_slots.append(-1)
+                if isinstance(item, CONTAINERS) and _link_nested(kwargs, key, core, deps):
+                    fast = False
 
-        if isinstance(target, str):
-            kind = RESERVED_TARGETS.get(target, "op")
-            fast = False
-        else:
-            kind = "op"
+        kind = RESERVED_TARGETS.get(target, "op") if isinstance(target, str) else "op"
         argument_key = None
         if kind == "argument":
             argument_key = args[0] if args else None
@@ -107,7 +129,7 @@ class Node:
                     f"got args={args!r}"
                 )
 
-        self.id, self.name = core.add_node(
+        self.id = core.add_node(
             name,
             target_name(target),
             kind,
@@ -116,18 +138,27 @@ class Node:
             fast,
             target,
             args,
-            [max(slot, -1) for slot in arg_slots],
+            arg_slots,
             kwargs,
-            [max(slot, -1) for slot in kwarg_slots],
+            kwarg_slots,
         )
+        self._name = name
         self._core = core
-        self._graph_ref = weakref.ref(graph)
+        self._graph_ref = graph._weak_self
         self.target = target
         self.args = args
         self.kwargs = kwargs
         self.proxy_value = value
         self.source = source if source is not None else user_source(2)
         graph._nodes.append(self)
+
+    @property
+    def name(self) -> str:
+        """Unique name of the node (spelled by the core on first use, then cached)."""
+        name = self._name
+        if name is None:
+            name = self._name = self._core.name_of(self.id)
+        return name
 
     # ----- graph access -----------------------------------------------------------------------
 
@@ -343,21 +374,10 @@ def _proxy_value(item: Proxy | Node) -> Any:
     return item.node.proxy_value if isinstance(item, Proxy) else item.proxy_value
 
 
-def _link(container: Any, key: Any, core: GraphCore, deps: list[int]) -> int:
-    """Replaces proxies by nodes in ``container[key]`` and records dependencies.
-
-    Returns the node id when the item itself is a node, -1 for a plain constant, and -2 when
-    nodes or tensors sit deeper inside it (the core then leaves the call to ``Node._run``).
-    """
-    item = container[key]
-    if isinstance(item, Proxy):
-        item = container[key] = item.node
-    if isinstance(item, Node):
-        _check_same_graph(item, core)
-        deps.append(item.id)
-        return item.id
-    if not isinstance(item, CONTAINERS):
-        return -1
+def _link_nested(container: Any, key: Any, core: GraphCore, deps: list[int]) -> bool:
+    """Replaces proxies by nodes inside the container ``container[key]`` and records them as
+    dependencies. Returns whether nodes or tensors sit inside it: the core then leaves the call
+    to ``Node._run``, which resolves nested values and moves tensors to one device."""
     nested = False
 
     def to_node(found: Proxy | Node | torch.Tensor) -> Any:
@@ -366,18 +386,18 @@ def _link(container: Any, key: Any, core: GraphCore, deps: list[int]) -> int:
         if isinstance(found, torch.Tensor):
             return found
         node = found.node if isinstance(found, Proxy) else found
-        _check_same_graph(node, core)
+        if node._core is not core:
+            _foreign(node)
         deps.append(node.id)
         return node
 
-    container[key] = map_structure(item, to_node, (Proxy, Node, torch.Tensor))
-    return -2 if nested else -1
+    container[key] = map_structure(container[key], to_node, (Proxy, Node, torch.Tensor))
+    return nested
 
 
-def _check_same_graph(node: Node, core: GraphCore) -> None:
-    if node._core is not core:
-        raise TracingError(
-            f"node '{node.name}' belongs to another graph (traced at "
-            f"{format_source(node.source)}); a proxy can only be used in the trace that made it "
-            "(save it and use .value to carry a value between traces)"
-        )
+def _foreign(node: Node) -> None:
+    raise TracingError(
+        f"node '{node.name}' belongs to another graph (traced at "
+        f"{format_source(node.source)}); a proxy can only be used in the trace that made it "
+        "(save it and use .value to carry a value between traces)"
+    )

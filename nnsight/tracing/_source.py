@@ -21,6 +21,7 @@ def skip_directory(path: str) -> None:
     if path not in _LIBRARY_DIRS:
         _LIBRARY_DIRS = (*_LIBRARY_DIRS, path)
 
+
 #: ``(file, line)`` of a node whose origin is unknown.
 UNKNOWN = ("<unknown>", 0)
 

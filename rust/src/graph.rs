@@ -169,7 +169,13 @@ impl<V> Graph<V> {
         let argument_key = match kind {
             Kind::Argument => match argument_key {
                 Some(key) => Some(key),
-                None => return Err(GraphError::MissingArgumentKey(chosen)),
+                None => {
+                    let name = match chosen {
+                        crate::names::Chosen::Explicit(name) => name,
+                        crate::names::Chosen::Auto(n) => format!("{target_name}_{n}"),
+                    };
+                    return Err(GraphError::MissingArgumentKey(name));
+                }
             },
             _ => None,
         };
@@ -417,7 +423,7 @@ impl<V> Graph<V> {
         &self.names
     }
 
-    pub fn name(&self, id: NodeId) -> Result<&str, GraphError> {
+    pub fn name(&self, id: NodeId) -> Result<String, GraphError> {
         self.names.name_of(id).ok_or(GraphError::UnknownId(id))
     }
 

@@ -1,79 +1,154 @@
 //! Unique, readable node names: `<target name>_<n>`, one counter per target name.
+//!
+//! Automatic names are stored as `(target, n)` pairs and only spelled out when asked for, so
+//! adding a node allocates no string and touches no name hash map (memory traffic is what
+//! `add` pays for). Explicit names live in a hash map of their own. Looking a name up tries the
+//! explicit map, then parses `<target>_<n>`: the part after the last `_` is a canonical decimal
+//! number, so two different `(target, n)` pairs never spell the same name.
 
 use std::collections::HashMap;
 
 use crate::error::GraphError;
 use crate::graph::NodeId;
 
+const NO_NODE: NodeId = NodeId::MAX;
+
+#[derive(Debug, Clone)]
+enum Name {
+    Auto { target: u32, n: u32 },
+    Explicit(Box<str>),
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    name: String,
+    /// Nodes added with this target name (`name_idx[target]`), explicit names included.
+    count: u64,
+    /// `by_n[n]`: the node automatically named `<target>_<n>`, or `NO_NODE`.
+    by_n: Vec<NodeId>,
+}
+
+/// A name picked by [`Names::choose`], recorded by [`Names::insert`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chosen {
+    Auto(u32),
+    Explicit(String),
+}
+
 /// Name <-> id index plus the per-target-name counters (`Graph.name_idx`).
 #[derive(Debug, Default, Clone)]
 pub struct Names {
-    by_name: HashMap<String, NodeId>,
-    names: Vec<String>,
-    /// target name -> how many nodes were added with that target name; kept in first-use order.
-    counters: Vec<(String, u64)>,
-    counter_index: HashMap<String, usize>,
+    names: Vec<Name>,
+    targets: Vec<Target>,
+    target_index: HashMap<String, u32>,
+    explicit: HashMap<String, NodeId>,
 }
 
 impl Names {
     /// Chooses the name of the next node without recording it (so a refused node changes nothing).
     ///
-    /// An explicit `name` must be free. Otherwise the name is `<target>_<k>` for the first free
-    /// `k >= name_idx[target]`, so an automatic name never collides with an explicit one.
-    pub fn choose(&self, name: Option<&str>, target_name: &str) -> Result<String, GraphError> {
+    /// An explicit `name` must be free. Otherwise the name is `<target>_<n>` for the first free
+    /// `n >= name_idx[target]`, so an automatic name never collides with an explicit one.
+    pub fn choose(&self, name: Option<&str>, target_name: &str) -> Result<Chosen, GraphError> {
         if let Some(name) = name {
-            if self.by_name.contains_key(name) {
+            if self.id_of(name).is_some() {
                 return Err(GraphError::DuplicateName(name.to_owned()));
             }
-            return Ok(name.to_owned());
+            return Ok(Chosen::Explicit(name.to_owned()));
         }
-        let mut k = self.count(target_name);
+        let target = self
+            .target_index
+            .get(target_name)
+            .map(|&t| &self.targets[t as usize]);
+        let mut n = target.map_or(0, |t| t.count) as u32;
         loop {
-            let candidate = format!("{target_name}_{k}");
-            if !self.by_name.contains_key(&candidate) {
-                return Ok(candidate);
+            let auto_taken = target
+                .and_then(|t| t.by_n.get(n as usize))
+                .is_some_and(|&id| id != NO_NODE);
+            let explicit_taken = !self.explicit.is_empty()
+                && self.explicit.contains_key(&format!("{target_name}_{n}"));
+            if !auto_taken && !explicit_taken {
+                return Ok(Chosen::Auto(n));
             }
-            k += 1;
+            n += 1;
         }
     }
 
-    /// Records `name` (from [`Names::choose`]) for node `id`, counting it under `target_name`.
-    pub fn insert(&mut self, name: String, target_name: &str, id: NodeId) {
-        match self.counter_index.get(target_name) {
-            Some(&slot) => self.counters[slot].1 += 1,
+    /// Records the name chosen for node `id`, counting it under `target_name`.
+    pub fn insert(&mut self, chosen: Chosen, target_name: &str, id: NodeId) {
+        let t = match self.target_index.get(target_name) {
+            Some(&t) => t,
             None => {
-                self.counter_index
-                    .insert(target_name.to_owned(), self.counters.len());
-                self.counters.push((target_name.to_owned(), 1));
+                let t = self.targets.len() as u32;
+                self.target_index.insert(target_name.to_owned(), t);
+                self.targets.push(Target {
+                    name: target_name.to_owned(),
+                    count: 0,
+                    by_n: Vec::new(),
+                });
+                t
+            }
+        };
+        let target = &mut self.targets[t as usize];
+        target.count += 1;
+        match chosen {
+            Chosen::Auto(n) => {
+                if target.by_n.len() <= n as usize {
+                    target.by_n.resize(n as usize + 1, NO_NODE);
+                }
+                target.by_n[n as usize] = id;
+                self.names.push(Name::Auto { target: t, n });
+            }
+            Chosen::Explicit(name) => {
+                self.explicit.insert(name.clone(), id);
+                self.names.push(Name::Explicit(name.into_boxed_str()));
             }
         }
-        self.by_name.insert(name.clone(), id);
-        self.names.push(name);
     }
 
     /// How many nodes were added with this target name (`name_idx[target_name]`).
     pub fn count(&self, target_name: &str) -> u64 {
-        self.counter_index
+        self.target_index
             .get(target_name)
-            .map_or(0, |&slot| self.counters[slot].1)
+            .map_or(0, |&t| self.targets[t as usize].count)
     }
 
     pub fn id_of(&self, name: &str) -> Option<NodeId> {
-        self.by_name.get(name).copied()
+        if let Some(&id) = self.explicit.get(name) {
+            return Some(id);
+        }
+        let (target, n) = name.rsplit_once('_')?;
+        let canonical = !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && (n == "0" || !n.starts_with('0'));
+        if !canonical {
+            return None;
+        }
+        let n: usize = n.parse().ok()?;
+        let t = *self.target_index.get(target)?;
+        let id = *self.targets[t as usize].by_n.get(n)?;
+        (id != NO_NODE).then_some(id)
     }
 
-    pub fn name_of(&self, id: NodeId) -> Option<&str> {
-        self.names.get(id as usize).map(String::as_str)
+    pub fn name_of(&self, id: NodeId) -> Option<String> {
+        Some(match self.names.get(id as usize)? {
+            Name::Auto { target, n } => format!("{}_{n}", self.targets[*target as usize].name),
+            Name::Explicit(name) => name.to_string(),
+        })
     }
 
-    /// Names in insertion (= id) order.
-    pub fn names(&self) -> &[String] {
-        &self.names
+    /// Number of names (= nodes).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
     }
 
     /// `(target name, count)` pairs in first-use order.
-    pub fn counters(&self) -> &[(String, u64)] {
-        &self.counters
+    pub fn counters(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.targets.iter().map(|t| (t.name.as_str(), t.count))
     }
 }
 
@@ -83,9 +158,9 @@ mod tests {
 
     fn add(names: &mut Names, name: Option<&str>, target: &str) -> Result<String, GraphError> {
         let chosen = names.choose(name, target)?;
-        let id = names.names().len() as NodeId;
-        names.insert(chosen.clone(), target, id);
-        Ok(chosen)
+        let id = names.len() as NodeId;
+        names.insert(chosen, target, id);
+        Ok(names.name_of(id).unwrap())
     }
 
     #[test]
@@ -96,27 +171,46 @@ mod tests {
         assert_eq!(add(&mut names, None, "add").unwrap(), "add_1");
         assert_eq!(names.count("add"), 2);
         assert_eq!(names.id_of("add_1"), Some(2));
-        assert_eq!(names.name_of(1), Some("mul_0"));
+        assert_eq!(names.name_of(1).as_deref(), Some("mul_0"));
     }
 
     #[test]
-    fn automatic_names_skip_explicit_ones() {
+    fn automatic_names_skip_explicit_and_earlier_automatic_ones() {
         let mut names = Names::default();
         assert_eq!(add(&mut names, Some("add_1"), "sub").unwrap(), "add_1");
         assert_eq!(add(&mut names, None, "add").unwrap(), "add_0");
         assert_eq!(add(&mut names, None, "add").unwrap(), "add_2");
         assert_eq!(add(&mut names, None, "add").unwrap(), "add_3");
+        assert_eq!(names.count("sub"), 1);
+        assert_eq!(names.id_of("add_1"), Some(0));
     }
 
     #[test]
-    fn duplicate_explicit_name_is_refused_and_changes_nothing() {
+    fn duplicate_names_are_refused_and_change_nothing() {
         let mut names = Names::default();
         add(&mut names, Some("x"), "add").unwrap();
-        assert_eq!(
-            add(&mut names, Some("x"), "add"),
-            Err(GraphError::DuplicateName("x".into()))
-        );
-        assert_eq!(names.count("add"), 1);
-        assert_eq!(names.names().len(), 1);
+        add(&mut names, None, "add").unwrap();
+        for taken in ["x", "add_1"] {
+            assert_eq!(
+                add(&mut names, Some(taken), "add"),
+                Err(GraphError::DuplicateName(taken.into()))
+            );
+        }
+        assert_eq!(names.count("add"), 2);
+        assert_eq!(names.len(), 2);
+    }
+
+    #[test]
+    fn lookups_only_accept_canonical_numbers() {
+        let mut names = Names::default();
+        add(&mut names, None, "add").unwrap();
+        add(&mut names, None, "my_op").unwrap();
+        assert_eq!(names.id_of("add_0"), Some(0));
+        assert_eq!(names.id_of("my_op_0"), Some(1));
+        for absent in [
+            "add_00", "add_+0", "add_", "add", "add_1", "sub_0", "_0", "",
+        ] {
+            assert_eq!(names.id_of(absent), None, "{absent}");
+        }
     }
 }

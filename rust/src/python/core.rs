@@ -262,7 +262,7 @@ impl PyGraphCore {
         }
     }
 
-    /// Adds a node; returns its id and its (possibly generated) unique name.
+    /// Adds a node; returns its id (`name_of` spells its unique name).
     ///
     /// With `fast` true, `target(*args, **kwargs)` is called by the core, where `arg_slots[i]` /
     /// `kwarg_slots[j]` is the node id whose value replaces `args[i]` / the j-th kwarg (in dict
@@ -282,7 +282,7 @@ impl PyGraphCore {
         arg_slots: Option<Vec<i64>>,
         kwargs: Option<Bound<'_, PyDict>>,
         kwarg_slots: Option<Vec<i64>>,
-    ) -> PyResult<(u32, String)> {
+    ) -> PyResult<u32> {
         let kind = parse_kind(kind)?;
         let mut deps = Vec::with_capacity(dependencies.len());
         for dep in dependencies {
@@ -337,7 +337,7 @@ impl PyGraphCore {
             .graph
             .add_node(name, target_name, kind, &deps, argument_key)?;
         self.plans.push(plan);
-        Ok((id, self.graph.name(id)?.to_owned()))
+        Ok(id)
     }
 
     /// Resets every node for a new execution and runs the nodes that need no input.
@@ -423,7 +423,7 @@ impl PyGraphCore {
     }
 
     fn name_of(&self, id: u32) -> PyResult<String> {
-        Ok(self.graph.name(id)?.to_owned())
+        Ok(self.graph.name(id)?)
     }
 
     fn __contains__(&self, name: &str) -> bool {
@@ -432,11 +432,6 @@ impl PyGraphCore {
 
     fn __len__(&self) -> usize {
         self.graph.len()
-    }
-
-    /// Node names in insertion order.
-    fn names(&self) -> Vec<String> {
-        self.graph.names().names().to_vec()
     }
 
     /// `Graph.name_idx`: target name -> number of nodes added with it.
