@@ -4,8 +4,24 @@ from typing import Any
 
 ROOT_ARGUMENT: str
 
+class ForeignNode(Exception): ...
+
 class GraphCore:
-    def __init__(self, empty: Any, tensor_type: type | None = None) -> None: ...
+    def __init__(
+        self,
+        empty: Any,
+        tensor_type: type | None = None,
+        proxy_type: type | None = None,
+        node_type: type | None = None,
+    ) -> None: ...
+    def add_linked(
+        self,
+        name: str | None,
+        target_name: str,
+        target: Any,
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> int: ...
     def add_node(
         self,
         name: str | None,

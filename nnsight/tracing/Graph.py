@@ -83,7 +83,7 @@ class Graph:
         proxy_class: type[Proxy] = Proxy,
         validate: bool = True,
     ) -> None:
-        self._core = GraphCore(_EMPTY, torch.Tensor)
+        self._core = GraphCore(_EMPTY, torch.Tensor, Proxy, Node)
         self._nodes: list[Node] = []
         self._weak_self = weakref.ref(self)  # shared by all nodes (they hold the graph weakly)
         self._fake = FakeRunner()

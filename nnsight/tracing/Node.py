@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._core import ForeignNode
 from ..errors import ExecutionError, TracingError, ValueNotSetError
 from ._source import format_source, user_source
 from ._walk import CONTAINERS, iter_instances, map_structure
@@ -88,8 +89,33 @@ class Node:
         core: GraphCore = graph._core
         args = [] if args is None else list(args)
         kwargs = {} if kwargs is None else dict(kwargs)
+        node_id = -1
+        if not isinstance(target, str):
+            # The core scans top-level arguments itself; -1: a container needs our walk.
+            try:
+                node_id = core.add_linked(name, target_name(target), target, args, kwargs)
+            except ForeignNode as exc:
+                _foreign(exc.args[0])
+        if node_id < 0:
+            node_id = self._add_walked(core, name, target, args, kwargs)
+        self.id = node_id
+        self._name = name
+        self._core = core
+        self._graph_ref = graph._weak_self
+        self.target = target
+        self.args = args
+        self.kwargs = kwargs
+        self.proxy_value = value
+        self.source = source if source is not None else user_source(2)
+        graph._nodes.append(self)
+
+    @staticmethod
+    def _add_walked(
+        core: GraphCore, name: str | None, target: Any, args: list[Any], kwargs: dict[str, Any]
+    ) -> int:
+        """Adds a node whose arguments may hold nodes inside containers, or whose target is a
+        string: proxies are replaced by nodes at any depth and the core gets the slots."""
         deps: list[int] = []
-        # Top-level items inline (the common case); containers are walked by _link_nested.
         # A slot is the id of the node whose value is passed there, or -1 for a constant.
         fast = not isinstance(target, str)
         arg_slots = []
@@ -129,7 +155,7 @@ class Node:
                     f"got args={args!r}"
                 )
 
-        self.id = core.add_node(
+        return core.add_node(
             name,
             target_name(target),
             kind,
@@ -142,15 +168,6 @@ class Node:
             kwargs,
             kwarg_slots,
         )
-        self._name = name
-        self._core = core
-        self._graph_ref = graph._weak_self
-        self.target = target
-        self.args = args
-        self.kwargs = kwargs
-        self.proxy_value = value
-        self.source = source if source is not None else user_source(2)
-        graph._nodes.append(self)
 
     @property
     def name(self) -> str:
@@ -194,7 +211,7 @@ class Node:
                 f"cannot add '{target_name(target)}' after node '{self.name}': its graph no "
                 "longer exists"
             )
-        return graph.add(target=target, value=value, args=args, kwargs=kwargs, name=name)
+        return graph.add(target, value, args, kwargs, name)
 
     # ----- edges and state (kept by the core) -------------------------------------------------
 

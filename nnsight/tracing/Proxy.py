@@ -51,7 +51,7 @@ class Proxy:
     __slots__ = ("__weakref__", "node")
 
     def __init__(self, node: Node) -> None:
-        object.__setattr__(self, "node", node)
+        _set_node(self, node)
 
     @property
     def value(self) -> Any:
@@ -84,13 +84,15 @@ class Proxy:
     def __getattr__(self, key: str) -> Proxy:
         if key.startswith("__") and key.endswith("__"):
             raise AttributeError(key)
-        return self.node.add(target=getattr, args=[self.node, key])
+        node = self.node
+        return node.add(getattr, _EMPTY, [node, key])
 
     def __setattr__(self, key: str, value: Any) -> None:
         self.node.add(target=setattr, args=[self.node, key, value])
 
     def __getitem__(self, key: Any) -> Proxy:
-        return self.node.add(target=operator.getitem, args=[self.node, key])
+        node = self.node
+        return node.add(operator.getitem, _EMPTY, [node, key])
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.node.add(target=operator.setitem, args=[self.node, key, value])
@@ -158,6 +160,9 @@ class Proxy:
         return owner.node.add(target=orig_method, args=list(args), kwargs=kwargs)
 
 
+_set_node = Proxy.node.__set__  # type: ignore[attr-defined]  # the slot, bypassing __setattr__
+
+
 def _owning_proxy(values: Any, target: Any) -> Proxy:
     """The first proxy in ``values``; raises if proxies of two different graphs are mixed."""
     owner: Proxy | None = None
@@ -177,21 +182,24 @@ def _owning_proxy(values: Any, target: Any) -> Proxy:
 
 def _binary(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
     def method(self: Proxy, other: Any) -> Proxy:
-        return self.node.add(target=op, args=[self.node, other])
+        node = self.node
+        return node.add(op, _EMPTY, [node, other])
 
     return method
 
 
 def _reflected(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
     def method(self: Proxy, other: Any) -> Proxy:
-        return self.node.add(target=op, args=[other, self.node])
+        node = self.node
+        return node.add(op, _EMPTY, [other, node])
 
     return method
 
 
 def _unary(op: Callable[[Any], Any]) -> Callable[[Proxy], Proxy]:
     def method(self: Proxy) -> Proxy:
-        return self.node.add(target=op, args=[self.node])
+        node = self.node
+        return node.add(op, _EMPTY, [node])
 
     return method
 

@@ -75,9 +75,9 @@ pub struct Graph<V> {
     listeners: Vec<Vec<NodeId>>,
     /// ... and the same lists flattened for the hot loop, rebuilt by `compile` when stale.
     listener_csr: Csr,
-    initial_listeners: Vec<i64>,
-    remaining_listeners: Vec<i64>,
-    remaining_dependencies: Vec<i64>,
+    initial_listeners: Vec<i32>,
+    remaining_listeners: Vec<i32>,
+    remaining_dependencies: Vec<i32>,
     values: Vec<Option<V>>,
     /// Argument key -> the `argument` nodes registered under it, keys in first-use order.
     arguments: Vec<(String, Vec<NodeId>)>,
@@ -223,7 +223,7 @@ impl<V> Graph<V> {
         self.remaining_listeners
             .copy_from_slice(&self.initial_listeners);
         for (i, remaining) in self.remaining_dependencies.iter_mut().enumerate() {
-            *remaining = (self.dep_offsets[i + 1] - self.dep_offsets[i]) as i64;
+            *remaining = (self.dep_offsets[i + 1] - self.dep_offsets[i]) as i32;
         }
         self.ready.clear();
         self.swap = None;
@@ -397,23 +397,23 @@ impl<V> Graph<V> {
         Ok(&self.dep_edges[self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize])
     }
 
-    pub fn remaining_listeners(&self, id: NodeId) -> Result<i64, GraphError> {
+    pub fn remaining_listeners(&self, id: NodeId) -> Result<i32, GraphError> {
         self.check(id)?;
         Ok(self.remaining_listeners[id as usize])
     }
 
-    pub fn remaining_dependencies(&self, id: NodeId) -> Result<i64, GraphError> {
+    pub fn remaining_dependencies(&self, id: NodeId) -> Result<i32, GraphError> {
         self.check(id)?;
         Ok(self.remaining_dependencies[id as usize])
     }
 
-    pub fn set_remaining_listeners(&mut self, id: NodeId, n: i64) -> Result<(), GraphError> {
+    pub fn set_remaining_listeners(&mut self, id: NodeId, n: i32) -> Result<(), GraphError> {
         self.check(id)?;
         self.remaining_listeners[id as usize] = n;
         Ok(())
     }
 
-    pub fn set_remaining_dependencies(&mut self, id: NodeId, n: i64) -> Result<(), GraphError> {
+    pub fn set_remaining_dependencies(&mut self, id: NodeId, n: i32) -> Result<(), GraphError> {
         self.check(id)?;
         self.remaining_dependencies[id as usize] = n;
         Ok(())

@@ -17,6 +17,17 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::graph::{Event, Graph, Kind, NodeId};
 
+pyo3::create_exception!(
+    _core,
+    ForeignNode,
+    pyo3::exceptions::PyException,
+    "Raised by `GraphCore.add_linked` with the node of another graph as its argument."
+);
+
+pub fn register(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
+    m.add("ForeignNode", m.py().get_type::<ForeignNode>())
+}
+
 /// One positional or keyword argument of a fast call.
 enum Slot {
     Const(Py<PyAny>),
@@ -86,6 +97,27 @@ pub struct PyGraphCore {
     empty: Py<PyAny>,
     /// `torch.Tensor`, for the device check of fast calls (`None`: no device handling).
     tensor_type: Option<Py<PyType>>,
+    /// `nnsight.tracing.Proxy` and `Node`, for `add_linked`'s argument scan.
+    proxy_type: Option<Py<PyType>>,
+    node_type: Option<Py<PyType>>,
+}
+
+/// What one top-level argument turned out to be in `add_linked`'s scan.
+enum Scanned<'py> {
+    Node(NodeId),
+    Const(Bound<'py, PyAny>),
+    /// A list, tuple, dict or slice: nodes may hide inside, the Python walk takes over.
+    Container,
+}
+
+fn is_subtype(value: &Bound<'_, PyAny>, ty: &Option<Py<PyType>>) -> bool {
+    match ty {
+        // SAFETY: both pointers are valid type objects for as long as the GIL is held.
+        Some(ty) => unsafe {
+            pyo3::ffi::PyType_IsSubtype(value.get_type_ptr(), ty.as_ptr().cast()) != 0
+        },
+        None => false,
+    }
 }
 
 impl PyGraphCore {
@@ -103,13 +135,38 @@ impl PyGraphCore {
     }
 
     fn is_tensor(&self, value: &Bound<'_, PyAny>) -> bool {
-        match &self.tensor_type {
-            // SAFETY: both pointers are valid type objects for as long as the GIL is held.
-            Some(tensor) => unsafe {
-                pyo3::ffi::PyType_IsSubtype(value.get_type_ptr(), tensor.as_ptr().cast()) != 0
-            },
-            None => false,
+        is_subtype(value, &self.tensor_type)
+    }
+
+    /// Classifies one top-level argument, swapping a proxy for its node via `replace`.
+    fn scan<'py>(
+        slf: &Bound<'py, Self>,
+        types: &(Option<Py<PyType>>, Option<Py<PyType>>),
+        item: Bound<'py, PyAny>,
+        replace: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<()>,
+    ) -> PyResult<Scanned<'py>> {
+        let py = slf.py();
+        let (proxy_type, node_type) = types;
+        let mut item = item;
+        if is_subtype(&item, proxy_type) {
+            item = item.getattr(intern!(py, "node"))?;
+            replace(&item)?;
         }
+        if is_subtype(&item, node_type) {
+            if !item.getattr(intern!(py, "_core"))?.is(slf) {
+                return Err(ForeignNode::new_err(item.unbind()));
+            }
+            return Ok(Scanned::Node(item.getattr(intern!(py, "id"))?.extract()?));
+        }
+        let container = item.is_instance_of::<PyList>()
+            || item.is_instance_of::<PyTuple>()
+            || item.is_instance_of::<PyDict>()
+            || item.is_instance_of::<pyo3::types::PySlice>();
+        Ok(if container {
+            Scanned::Container
+        } else {
+            Scanned::Const(item)
+        })
     }
 
     /// Builds the call of a fast op node from its plan and the current values.
@@ -252,14 +309,77 @@ impl PyGraphCore {
 #[pymethods]
 impl PyGraphCore {
     #[new]
-    #[pyo3(signature = (empty, tensor_type=None))]
-    fn new(empty: Py<PyAny>, tensor_type: Option<Py<PyType>>) -> Self {
+    #[pyo3(signature = (empty, tensor_type=None, proxy_type=None, node_type=None))]
+    fn new(
+        empty: Py<PyAny>,
+        tensor_type: Option<Py<PyType>>,
+        proxy_type: Option<Py<PyType>>,
+        node_type: Option<Py<PyType>>,
+    ) -> Self {
         Self {
             graph: Graph::new(),
             plans: Vec::new(),
             empty,
             tensor_type,
+            proxy_type,
+            node_type,
         }
+    }
+
+    /// Adds an op node whose arguments are scanned here: proxies in `args` / `kwargs` values
+    /// are replaced by their nodes (in place), nodes become dependencies and fast-call slots.
+    /// Returns the id, or -1 (nothing added) when an argument is a container, which the Python
+    /// side must walk (`add_node`). A node of another graph raises `ForeignNode(node)`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_linked(
+        slf: &Bound<'_, Self>,
+        name: Option<&str>,
+        target_name: &str,
+        target: Bound<'_, PyAny>,
+        args: Bound<'_, PyList>,
+        kwargs: Bound<'_, PyDict>,
+    ) -> PyResult<i64> {
+        let py = slf.py();
+        let types = {
+            let this = slf.borrow();
+            let clone = |ty: &Option<Py<PyType>>| ty.as_ref().map(|ty| ty.clone_ref(py));
+            (clone(&this.proxy_type), clone(&this.node_type))
+        };
+        let mut deps = Vec::new();
+        let mut plan = CallPlan {
+            target: target.unbind(),
+            args: Vec::with_capacity(args.len()),
+            kwargs: Vec::with_capacity(kwargs.len()),
+        };
+        for (i, item) in args.iter().enumerate() {
+            let slot = match Self::scan(slf, &types, item, |node| args.set_item(i, node))? {
+                Scanned::Node(id) => {
+                    deps.push(id);
+                    Slot::Node(id)
+                }
+                Scanned::Const(value) => Slot::Const(value.unbind()),
+                Scanned::Container => return Ok(-1),
+            };
+            plan.args.push(slot);
+        }
+        for (key, item) in kwargs.iter() {
+            let slot = match Self::scan(slf, &types, item, |node| kwargs.set_item(&key, node))? {
+                Scanned::Node(id) => {
+                    deps.push(id);
+                    Slot::Node(id)
+                }
+                Scanned::Const(value) => Slot::Const(value.unbind()),
+                Scanned::Container => return Ok(-1),
+            };
+            plan.kwargs
+                .push((key.cast_into::<PyString>()?.unbind(), slot));
+        }
+        let mut this = slf.borrow_mut();
+        let id = this
+            .graph
+            .add_node(name, target_name, Kind::Op, &deps, None)?;
+        this.plans.push(Plan::Call(plan));
+        Ok(i64::from(id))
     }
 
     /// Adds a node; returns its id (`name_of` spells its unique name).
@@ -401,19 +521,19 @@ impl PyGraphCore {
         Ok(self.graph.dependencies(id)?.to_vec())
     }
 
-    fn remaining_listeners(&self, id: u32) -> PyResult<i64> {
+    fn remaining_listeners(&self, id: u32) -> PyResult<i32> {
         Ok(self.graph.remaining_listeners(id)?)
     }
 
-    fn remaining_dependencies(&self, id: u32) -> PyResult<i64> {
+    fn remaining_dependencies(&self, id: u32) -> PyResult<i32> {
         Ok(self.graph.remaining_dependencies(id)?)
     }
 
-    fn set_remaining_listeners(&mut self, id: u32, n: i64) -> PyResult<()> {
+    fn set_remaining_listeners(&mut self, id: u32, n: i32) -> PyResult<()> {
         Ok(self.graph.set_remaining_listeners(id, n)?)
     }
 
-    fn set_remaining_dependencies(&mut self, id: u32, n: i64) -> PyResult<()> {
+    fn set_remaining_dependencies(&mut self, id: u32, n: i32) -> PyResult<()> {
         Ok(self.graph.set_remaining_dependencies(id, n)?)
     }
 
@@ -488,6 +608,8 @@ impl PyGraphCore {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.empty)?;
         visit.call(&self.tensor_type)?;
+        visit.call(&self.proxy_type)?;
+        visit.call(&self.node_type)?;
         for value in self.graph.values() {
             visit.call(value)?;
         }

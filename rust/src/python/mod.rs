@@ -26,6 +26,7 @@ impl From<GraphError> for PyErr {
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<core::PyGraphCore>()?;
+    core::register(m)?;
     m.add("ROOT_ARGUMENT", crate::graph::ROOT_ARGUMENT)?;
     Ok(())
 }
