@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -116,35 +117,9 @@ class Node:
         """Adds a node whose arguments may hold nodes inside containers, or whose target is a
         string: proxies are replaced by nodes at any depth and the core gets the slots."""
         deps: list[int] = []
-        # A slot is the id of the node whose value is passed there, or -1 for a constant.
-        fast = not isinstance(target, str)
-        arg_slots = []
-        for i, item in enumerate(args):
-            if isinstance(item, Proxy):
-                item = args[i] = item.node
-            if isinstance(item, Node):
-                if item._core is not core:
-                    _foreign(item)
-                deps.append(item.id)
-                arg_slots.append(item.id)
-            else:
-                arg_slots.append(-1)
-                if isinstance(item, CONTAINERS) and _link_nested(args, i, core, deps):
-                    fast = False
-        kwarg_slots = []
-        for key, item in kwargs.items():
-            if isinstance(item, Proxy):
-                item = kwargs[key] = item.node
-            if isinstance(item, Node):
-                if item._core is not core:
-                    _foreign(item)
-                deps.append(item.id)
-                kwarg_slots.append(item.id)
-            else:
-                kwarg_slots.append(-1)
-                if isinstance(item, CONTAINERS) and _link_nested(kwargs, key, core, deps):
-                    fast = False
-
+        arg_slots, args_flat = _link_top_level(args, range(len(args)), core, deps)
+        kwarg_slots, kwargs_flat = _link_top_level(kwargs, list(kwargs), core, deps)
+        fast = args_flat and kwargs_flat and not isinstance(target, str)
         kind = RESERVED_TARGETS.get(target, "op") if isinstance(target, str) else "op"
         argument_key = None
         if kind == "argument":
@@ -389,6 +364,32 @@ def _node_value(node: Node) -> Any:
 
 def _proxy_value(item: Proxy | Node) -> Any:
     return item.node.proxy_value if isinstance(item, Proxy) else item.proxy_value
+
+
+def _link_top_level(
+    container: Any, keys: Iterable[Any], core: GraphCore, deps: list[int]
+) -> tuple[list[int], bool]:
+    """Replaces proxies by nodes in ``container[key]`` for each key, recording dependencies.
+
+    Returns the slots (the id of the node passed at each key, or -1 for anything else) and
+    whether no node or tensor hides inside a container (then the core can call the target).
+    """
+    slots = []
+    flat = True
+    for key in keys:
+        item = container[key]
+        if isinstance(item, Proxy):
+            item = container[key] = item.node
+        if isinstance(item, Node):
+            if item._core is not core:
+                _foreign(item)
+            deps.append(item.id)
+            slots.append(item.id)
+        else:
+            slots.append(-1)
+            if isinstance(item, CONTAINERS) and _link_nested(container, key, core, deps):
+                flat = False
+    return slots, flat
 
 
 def _link_nested(container: Any, key: Any, core: GraphCore, deps: list[int]) -> bool:
