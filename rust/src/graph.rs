@@ -241,7 +241,7 @@ impl<V> Graph<V> {
         self.check(id)?;
         let i = id as usize;
         if let Some(old) = self.values[i].replace(value) {
-            released.push(old);
+            Self::defer_drop(old, released);
         }
         if let Some(events) = &mut self.events {
             events.push(Event::Set(id));
@@ -272,6 +272,15 @@ impl<V> Graph<V> {
         Ok(())
     }
 
+    /// Hands a released value to the caller, who drops it when that is safe (a Python object's
+    /// finaliser may call back into the graph). Values with no drop glue are simply forgotten.
+    #[inline]
+    fn defer_drop(value: V, released: &mut Vec<V>) {
+        if std::mem::needs_drop::<V>() {
+            released.push(value);
+        }
+    }
+
     /// Releases a node's value (nnsight's `destroy`).
     pub fn destroy(&mut self, id: NodeId, released: &mut Vec<V>) -> Result<(), GraphError> {
         self.check(id)?;
@@ -286,7 +295,7 @@ impl<V> Graph<V> {
         released: &mut Vec<V>,
     ) {
         if let Some(value) = values[id as usize].take() {
-            released.push(value);
+            Self::defer_drop(value, released);
             if let Some(events) = events {
                 events.push(Event::Destroy(id));
             }
@@ -480,7 +489,12 @@ impl<V> Graph<V> {
 mod tests {
     use super::*;
 
-    type G = Graph<i64>;
+    /// Boxed so values have drop glue and show up in `released`, as Python objects do.
+    type G = Graph<Box<i64>>;
+
+    fn unboxed(released: Vec<Box<i64>>) -> Vec<i64> {
+        released.into_iter().map(|b| *b).collect()
+    }
 
     /// Runs the graph with every op node's value = 1 + the sum of its dependencies' values.
     fn run_sum(g: &mut G, root_value: i64) -> Vec<i64> {
@@ -489,17 +503,18 @@ mod tests {
         g.drain(0, &mut released, sum_of_deps).unwrap();
         let root = g.root().unwrap();
         let base = g.frame_base();
-        g.set_value(root, root_value, &mut released).unwrap();
+        g.set_value(root, Box::new(root_value), &mut released)
+            .unwrap();
         g.drain(base, &mut released, sum_of_deps).unwrap();
-        released
+        unboxed(released)
     }
 
-    fn sum_of_deps(g: &G, id: NodeId) -> Result<Option<i64>, GraphError> {
+    fn sum_of_deps(g: &G, id: NodeId) -> Result<Option<Box<i64>>, GraphError> {
         let mut total = 1;
         for &dep in g.dependencies(id)? {
-            total += *g.value(dep)?.expect("dependency has a value");
+            total += **g.value(dep)?.expect("dependency has a value");
         }
-        Ok(Some(total))
+        Ok(Some(Box::new(total)))
     }
 
     fn root(g: &mut G) -> NodeId {
@@ -529,7 +544,7 @@ mod tests {
                 Destroy(a)
             ]
         );
-        assert_eq!(g.value(b).unwrap(), Some(&12));
+        assert_eq!(g.value(b).unwrap().map(|v| **v), Some(12));
         assert!(!g.done(save).unwrap());
         assert_eq!(g.name(a).unwrap(), "add_0");
         assert_eq!(g.name(b).unwrap(), "add_1");
@@ -547,7 +562,7 @@ mod tests {
         assert_eq!(g.listeners(a).unwrap(), &[c]);
         run_sum(&mut g, 1);
         // a = 2, b = 2, c = 1 + 2 + 2
-        assert_eq!(g.value(c).unwrap(), Some(&5));
+        assert_eq!(g.value(c).unwrap().map(|v| **v), Some(5));
         assert!(!g.done(a).unwrap() && !g.done(b).unwrap() && !g.done(r).unwrap());
     }
 
@@ -570,10 +585,10 @@ mod tests {
         let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
         let _keep = g.add_node(None, "null", Kind::Null, &[a], None).unwrap();
         run_sum(&mut g, 1);
-        assert_eq!(g.value(a).unwrap(), Some(&2));
+        assert_eq!(g.value(a).unwrap().map(|v| **v), Some(2));
         let released = run_sum(&mut g, 5);
         assert_eq!(released, vec![2, 5], "old saved value released by compile");
-        assert_eq!(g.value(a).unwrap(), Some(&6));
+        assert_eq!(g.value(a).unwrap().map(|v| **v), Some(6));
         assert_eq!(g.remaining_listeners(a).unwrap(), 1);
     }
 
@@ -587,7 +602,7 @@ mod tests {
         let mut released = Vec::new();
         g.compile(&mut released);
         g.drain(0, &mut released, sum_of_deps).unwrap();
-        assert_eq!(g.value(d).unwrap(), Some(&2));
+        assert_eq!(g.value(d).unwrap().map(|v| **v), Some(2));
     }
 
     #[test]
@@ -598,10 +613,14 @@ mod tests {
         let s = g.add_node(None, "swap", Kind::Swap, &[a], None).unwrap();
         run_sum(&mut g, 1);
         assert_eq!(g.swap(), Some(s));
-        assert_eq!(g.value(a).unwrap(), Some(&2), "kept until the swap is used");
+        assert_eq!(
+            g.value(a).unwrap().map(|v| **v),
+            Some(2),
+            "kept until the swap is used"
+        );
         let mut released = Vec::new();
-        g.set_value(s, 0, &mut released).unwrap();
-        assert_eq!(released, vec![2, 0]);
+        g.set_value(s, Box::new(0), &mut released).unwrap();
+        assert_eq!(unboxed(released), vec![2, 0]);
     }
 
     #[test]
@@ -614,7 +633,7 @@ mod tests {
         let _keep = g.add_node(None, "null", Kind::Null, &[b], None).unwrap();
         let mut released = Vec::new();
         g.compile(&mut released);
-        g.set_value(r, 1, &mut released).unwrap();
+        g.set_value(r, Box::new(1), &mut released).unwrap();
         let result = g.drain(0, &mut released, |g, id| {
             if id == b {
                 Err(GraphError::UnknownId(99))
@@ -638,10 +657,10 @@ mod tests {
         let b = g.add_node(None, "b", Kind::Op, &[x], None).unwrap();
         let mut released = Vec::new();
         g.compile(&mut released);
-        g.set_value(r, 1, &mut released).unwrap();
+        g.set_value(r, Box::new(1), &mut released).unwrap();
         assert_eq!(g.frame_base(), 1, "a is ready in the outer frame");
         let base = g.frame_base();
-        g.set_value(x, 1, &mut released).unwrap();
+        g.set_value(x, Box::new(1), &mut released).unwrap();
         let mut ran = Vec::new();
         g.drain(base, &mut released, |g, id| {
             ran.push(id);
@@ -685,7 +704,7 @@ mod tests {
         assert_eq!(g.id_of("nope"), Err(GraphError::UnknownName("nope".into())));
         let mut released = Vec::new();
         assert_eq!(
-            g.set_value(5, 1, &mut released),
+            g.set_value(5, Box::new(1), &mut released),
             Err(GraphError::UnknownId(5))
         );
     }
@@ -699,7 +718,7 @@ mod tests {
         }
         g.add_node(None, "null", Kind::Null, &[prev], None).unwrap();
         run_sum(&mut g, 0);
-        assert_eq!(g.value(prev).unwrap(), Some(&200_000));
+        assert_eq!(g.value(prev).unwrap().map(|v| **v), Some(200_000));
         assert_eq!(g.values().count(), 1);
     }
 }
