@@ -492,6 +492,7 @@ mod tests {
     /// Boxed so values have drop glue and show up in `released`, as Python objects do.
     type G = Graph<Box<i64>>;
 
+    #[allow(clippy::vec_box)] // the boxes are the point: values with drop glue
     fn unboxed(released: Vec<Box<i64>>) -> Vec<i64> {
         released.into_iter().map(|b| *b).collect()
     }
