@@ -29,12 +29,6 @@ class GraphCore:
         kind: str,
         dependencies: list[int],
         argument_key: str | None = None,
-        fast: bool = False,
-        target: Any = None,
-        args: list[Any] | None = None,
-        arg_slots: list[int] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        kwarg_slots: list[int] | None = None,
     ) -> int: ...
     def compile(self, nodes: Any | None) -> None: ...
     def set_value(self, id: int, value: Any, nodes: Any | None) -> None: ...

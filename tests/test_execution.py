@@ -226,3 +226,19 @@ def test_long_chain_runs_without_recursion() -> None:
     proxy.save()
     graph.compile(0)
     assert proxy.value == 20_000
+
+
+def test_tensors_nested_in_containers_are_moved_to_the_first_device() -> None:
+    """A constant tensor inside a list keeps the node off the fast path, so prepare_inputs
+    moves it to the node value's device (meta here) before the call."""
+    graph = Graph(None, validate=False)
+    stacked = graph.add(target=torch.stack, args=[[graph.module_proxy, torch.ones(2)]]).save()
+    graph.compile(torch.zeros(2, device="meta"))
+    assert stacked.value.device.type == "meta" and stacked.value.shape == (2, 2)
+
+
+def test_constant_only_containers_are_passed_as_they_are() -> None:
+    graph = Graph(None, validate=False)
+    picked = graph.module_proxy[(slice(None), 0)].save()
+    graph.compile(torch.arange(6).reshape(3, 2))
+    assert torch.equal(picked.value, torch.arange(6).reshape(3, 2)[:, 0])

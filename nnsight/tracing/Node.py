@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,7 +17,7 @@ import torch
 from .._core import ForeignNode
 from ..errors import ExecutionError, TracingError, ValueNotSetError
 from ._source import format_source, user_source
-from ._walk import CONTAINERS, iter_instances, map_structure
+from ._walk import iter_instances, map_structure
 from .Proxy import Proxy
 
 if TYPE_CHECKING:
@@ -98,7 +97,7 @@ class Node:
             except ForeignNode as exc:
                 _foreign(exc.args[0])
         if node_id < 0:
-            node_id = self._add_walked(core, name, target, args, kwargs)
+            node_id, args, kwargs = _add_walked(core, name, target, args, kwargs)
         self.id = node_id
         self._name = name
         self._core = core
@@ -109,40 +108,6 @@ class Node:
         self.proxy_value = value
         self.source = source if source is not None else user_source(2)
         graph._nodes.append(self)
-
-    @staticmethod
-    def _add_walked(
-        core: GraphCore, name: str | None, target: Any, args: list[Any], kwargs: dict[str, Any]
-    ) -> int:
-        """Adds a node whose arguments may hold nodes inside containers, or whose target is a
-        string: proxies are replaced by nodes at any depth and the core gets the slots."""
-        deps: list[int] = []
-        arg_slots, args_flat = _link_top_level(args, range(len(args)), core, deps)
-        kwarg_slots, kwargs_flat = _link_top_level(kwargs, list(kwargs), core, deps)
-        fast = args_flat and kwargs_flat and not isinstance(target, str)
-        kind = RESERVED_TARGETS.get(target, "op") if isinstance(target, str) else "op"
-        argument_key = None
-        if kind == "argument":
-            argument_key = args[0] if args else None
-            if not isinstance(argument_key, str):
-                raise TypeError(
-                    f"an 'argument' node needs its argument key (a str) as first argument, "
-                    f"got args={args!r}"
-                )
-
-        return core.add_node(
-            name,
-            target_name(target),
-            kind,
-            deps,
-            argument_key,
-            fast,
-            target,
-            args,
-            arg_slots,
-            kwargs,
-            kwarg_slots,
-        )
 
     @property
     def name(self) -> str:
@@ -366,51 +331,32 @@ def _proxy_value(item: Proxy | Node) -> Any:
     return item.node.proxy_value if isinstance(item, Proxy) else item.proxy_value
 
 
-def _link_top_level(
-    container: Any, keys: Iterable[Any], core: GraphCore, deps: list[int]
-) -> tuple[list[int], bool]:
-    """Replaces proxies by nodes in ``container[key]`` for each key, recording dependencies.
+def _add_walked(
+    core: GraphCore, name: str | None, target: Any, args: list[Any], kwargs: dict[str, Any]
+) -> tuple[int, list[Any], dict[str, Any]]:
+    """Adds a node the core will not call itself: a string target, or an op with nodes or
+    tensors nested in its arguments (``Node._run`` resolves those and aligns devices).
+    Proxies are replaced by nodes at any depth; returns the id and the linked arguments."""
+    deps: list[int] = []
 
-    Returns the slots (the id of the node passed at each key, or -1 for anything else) and
-    whether no node or tensor hides inside a container (then the core can call the target).
-    """
-    slots = []
-    flat = True
-    for key in keys:
-        item = container[key]
-        if isinstance(item, Proxy):
-            item = container[key] = item.node
-        if isinstance(item, Node):
-            if item._core is not core:
-                _foreign(item)
-            deps.append(item.id)
-            slots.append(item.id)
-        else:
-            slots.append(-1)
-            if isinstance(item, CONTAINERS) and _link_nested(container, key, core, deps):
-                flat = False
-    return slots, flat
-
-
-def _link_nested(container: Any, key: Any, core: GraphCore, deps: list[int]) -> bool:
-    """Replaces proxies by nodes inside the container ``container[key]`` and records them as
-    dependencies. Returns whether nodes or tensors sit inside it: the core then leaves the call
-    to ``Node._run``, which resolves nested values and moves tensors to one device."""
-    nested = False
-
-    def to_node(found: Proxy | Node | torch.Tensor) -> Any:
-        nonlocal nested
-        nested = True
-        if isinstance(found, torch.Tensor):
-            return found
+    def link(found: Proxy | Node) -> Node:
         node = found.node if isinstance(found, Proxy) else found
         if node._core is not core:
             _foreign(node)
         deps.append(node.id)
         return node
 
-    container[key] = map_structure(container[key], to_node, (Proxy, Node, torch.Tensor))
-    return nested
+    args, kwargs = map_structure((args, kwargs), link, (Proxy, Node))
+    kind = RESERVED_TARGETS.get(target, "op") if isinstance(target, str) else "op"
+    argument_key = None
+    if kind == "argument":
+        argument_key = args[0] if args else None
+        if not isinstance(argument_key, str):
+            raise TypeError(
+                f"an 'argument' node needs its argument key (a str) as first argument, "
+                f"got args={args!r}"
+            )
+    return core.add_node(name, target_name(target), kind, deps, argument_key), args, kwargs
 
 
 def _foreign(node: Node) -> None:

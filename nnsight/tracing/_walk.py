@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-#: Containers whose items may hold nodes, proxies or tensors.
-CONTAINERS = (list, tuple, dict, slice)
-
 
 def map_structure(obj: Any, fn: Callable[[Any], Any], types: type | tuple[type, ...]) -> Any:
     """Returns a copy of ``obj`` with every instance of ``types`` replaced by ``fn(instance)``.

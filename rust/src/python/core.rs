@@ -102,12 +102,48 @@ pub struct PyGraphCore {
     node_type: Option<Py<PyType>>,
 }
 
-/// What one top-level argument turned out to be in `add_linked`'s scan.
-enum Scanned<'py> {
-    Node(NodeId),
-    Const(Bound<'py, PyAny>),
-    /// A list, tuple, dict or slice: nodes may hide inside, the Python walk takes over.
-    Container,
+/// The Python types `add_linked` tells apart, cloned out of the core for one scan.
+struct ScanTypes {
+    proxy: Option<Py<PyType>>,
+    node: Option<Py<PyType>>,
+    tensor: Option<Py<PyType>>,
+}
+
+/// Whether a container (list, tuple, dict or slice, at any depth) holds a proxy, a node or a
+/// tensor. A top-level proxy, node or tensor is not "held": the caller handles those.
+fn holds_special(item: &Bound<'_, PyAny>, types: &ScanTypes) -> PyResult<bool> {
+    let special = |value: &Bound<'_, PyAny>| -> PyResult<bool> {
+        Ok(is_subtype(value, &types.proxy)
+            || is_subtype(value, &types.node)
+            || is_subtype(value, &types.tensor)
+            || holds_special(value, types)?)
+    };
+    if let Ok(list) = item.cast::<PyList>() {
+        for value in list.iter() {
+            if special(&value)? {
+                return Ok(true);
+            }
+        }
+    } else if let Ok(tuple) = item.cast::<PyTuple>() {
+        for value in tuple.iter() {
+            if special(&value)? {
+                return Ok(true);
+            }
+        }
+    } else if let Ok(dict) = item.cast::<PyDict>() {
+        for (_, value) in dict.iter() {
+            if special(&value)? {
+                return Ok(true);
+            }
+        }
+    } else if let Ok(slice) = item.cast::<pyo3::types::PySlice>() {
+        for attr in ["start", "stop", "step"] {
+            if special(&slice.getattr(attr)?)? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 fn is_subtype(value: &Bound<'_, PyAny>, ty: &Option<Py<PyType>>) -> bool {
@@ -138,35 +174,34 @@ impl PyGraphCore {
         is_subtype(value, &self.tensor_type)
     }
 
-    /// Classifies one top-level argument, swapping a proxy for its node via `replace`.
-    fn scan<'py>(
+    /// Links one top-level argument: a proxy is swapped for its node (via `replace`), a node
+    /// becomes a dependency and a node slot, anything else a constant slot. `None` when a
+    /// container holds nodes, proxies or tensors: the Python walk must take over.
+    fn link<'py>(
         slf: &Bound<'py, Self>,
-        types: &(Option<Py<PyType>>, Option<Py<PyType>>),
+        types: &ScanTypes,
         item: Bound<'py, PyAny>,
+        deps: &mut Vec<NodeId>,
         replace: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<()>,
-    ) -> PyResult<Scanned<'py>> {
+    ) -> PyResult<Option<Slot>> {
         let py = slf.py();
-        let (proxy_type, node_type) = types;
         let mut item = item;
-        if is_subtype(&item, proxy_type) {
+        if is_subtype(&item, &types.proxy) {
             item = item.getattr(intern!(py, "node"))?;
             replace(&item)?;
         }
-        if is_subtype(&item, node_type) {
+        if is_subtype(&item, &types.node) {
             if !item.getattr(intern!(py, "_core"))?.is(slf) {
                 return Err(ForeignNode::new_err(item.unbind()));
             }
-            return Ok(Scanned::Node(item.getattr(intern!(py, "id"))?.extract()?));
+            let id = item.getattr(intern!(py, "id"))?.extract()?;
+            deps.push(id);
+            return Ok(Some(Slot::Node(id)));
         }
-        let container = item.is_instance_of::<PyList>()
-            || item.is_instance_of::<PyTuple>()
-            || item.is_instance_of::<PyDict>()
-            || item.is_instance_of::<pyo3::types::PySlice>();
-        Ok(if container {
-            Scanned::Container
-        } else {
-            Scanned::Const(item)
-        })
+        if holds_special(&item, types)? {
+            return Ok(None);
+        }
+        Ok(Some(Slot::Const(item.unbind())))
     }
 
     /// Builds the call of a fast op node from its plan and the current values.
@@ -327,10 +362,10 @@ impl PyGraphCore {
     }
 
     /// Adds an op node whose arguments are scanned here: proxies in `args` / `kwargs` values
-    /// are replaced by their nodes (in place), nodes become dependencies and fast-call slots.
-    /// Returns the id, or -1 (nothing added) when an argument is a container, which the Python
-    /// side must walk (`add_node`). A node of another graph raises `ForeignNode(node)`.
-    #[allow(clippy::too_many_arguments)]
+    /// are replaced by their nodes (in place), nodes become dependencies and fast-call slots,
+    /// and the core calls the target itself. Returns the id, or -1 (nothing added) when a
+    /// container holds nodes, proxies or tensors: the Python side then walks the arguments and
+    /// calls `add_node`. A node of another graph raises `ForeignNode(node)`.
     fn add_linked(
         slf: &Bound<'_, Self>,
         name: Option<&str>,
@@ -343,7 +378,11 @@ impl PyGraphCore {
         let types = {
             let this = slf.borrow();
             let clone = |ty: &Option<Py<PyType>>| ty.as_ref().map(|ty| ty.clone_ref(py));
-            (clone(&this.proxy_type), clone(&this.node_type))
+            ScanTypes {
+                proxy: clone(&this.proxy_type),
+                node: clone(&this.node_type),
+                tensor: clone(&this.tensor_type),
+            }
         };
         let mut deps = Vec::new();
         let mut plan = CallPlan {
@@ -352,27 +391,20 @@ impl PyGraphCore {
             kwargs: Vec::with_capacity(kwargs.len()),
         };
         for (i, item) in args.iter().enumerate() {
-            let slot = match Self::scan(slf, &types, item, |node| args.set_item(i, node))? {
-                Scanned::Node(id) => {
-                    deps.push(id);
-                    Slot::Node(id)
-                }
-                Scanned::Const(value) => Slot::Const(value.unbind()),
-                Scanned::Container => return Ok(-1),
-            };
-            plan.args.push(slot);
+            match Self::link(slf, &types, item, &mut deps, |node| args.set_item(i, node))? {
+                Some(slot) => plan.args.push(slot),
+                None => return Ok(-1),
+            }
         }
         for (key, item) in kwargs.iter() {
-            let slot = match Self::scan(slf, &types, item, |node| kwargs.set_item(&key, node))? {
-                Scanned::Node(id) => {
-                    deps.push(id);
-                    Slot::Node(id)
-                }
-                Scanned::Const(value) => Slot::Const(value.unbind()),
-                Scanned::Container => return Ok(-1),
-            };
-            plan.kwargs
-                .push((key.cast_into::<PyString>()?.unbind(), slot));
+            match Self::link(slf, &types, item, &mut deps, |node| {
+                kwargs.set_item(&key, node)
+            })? {
+                Some(slot) => plan
+                    .kwargs
+                    .push((key.cast_into::<PyString>()?.unbind(), slot)),
+                None => return Ok(-1),
+            }
         }
         let mut this = slf.borrow_mut();
         let id = this
@@ -382,13 +414,10 @@ impl PyGraphCore {
         Ok(i64::from(id))
     }
 
-    /// Adds a node; returns its id (`name_of` spells its unique name).
-    ///
-    /// With `fast` true, `target(*args, **kwargs)` is called by the core, where `arg_slots[i]` /
-    /// `kwarg_slots[j]` is the node id whose value replaces `args[i]` / the j-th kwarg (in dict
-    /// order), or -1 to pass the constant as it is.
-    #[pyo3(signature = (name, target_name, kind, dependencies, argument_key=None, fast=false, target=None, args=None, arg_slots=None, kwargs=None, kwarg_slots=None))]
-    #[allow(clippy::too_many_arguments)]
+    /// Adds a node the core does not call itself (reserved and method-name targets, and ops
+    /// with nodes or tensors nested in their arguments: `Node._run` executes those); returns
+    /// its id (`name_of` spells its unique name).
+    #[pyo3(signature = (name, target_name, kind, dependencies, argument_key=None))]
     fn add_node(
         &mut self,
         name: Option<&str>,
@@ -396,12 +425,6 @@ impl PyGraphCore {
         kind: &str,
         dependencies: Vec<i64>,
         argument_key: Option<&str>,
-        fast: bool,
-        target: Option<Bound<'_, PyAny>>,
-        args: Option<Bound<'_, PyList>>,
-        arg_slots: Option<Vec<i64>>,
-        kwargs: Option<Bound<'_, PyDict>>,
-        kwarg_slots: Option<Vec<i64>>,
     ) -> PyResult<u32> {
         let kind = parse_kind(kind)?;
         let mut deps = Vec::with_capacity(dependencies.len());
@@ -411,52 +434,10 @@ impl PyGraphCore {
                     .ok_or_else(|| PyValueError::new_err(format!("invalid dependency id {dep}")))?,
             );
         }
-        let slot = |value: Bound<'_, PyAny>, id: i64| -> PyResult<Slot> {
-            if id < 0 {
-                Ok(Slot::Const(value.unbind()))
-            } else {
-                let id = to_id(id).filter(|id| deps.contains(id)).ok_or_else(|| {
-                    PyValueError::new_err(format!("slot {id} is not a dependency"))
-                })?;
-                Ok(Slot::Node(id))
-            }
-        };
-        let plan = match (fast, kind, target) {
-            (true, Kind::Op, Some(target)) => {
-                let arg_slots = arg_slots.unwrap_or_default();
-                let kwarg_slots = kwarg_slots.unwrap_or_default();
-                let mut plan = CallPlan {
-                    target: target.unbind(),
-                    args: Vec::with_capacity(arg_slots.len()),
-                    kwargs: Vec::with_capacity(kwarg_slots.len()),
-                };
-                if let Some(args) = args {
-                    if args.len() != arg_slots.len() {
-                        return Err(PyValueError::new_err("args and arg_slots differ in length"));
-                    }
-                    for (value, &id) in args.iter().zip(&arg_slots) {
-                        plan.args.push(slot(value, id)?);
-                    }
-                }
-                if let Some(kwargs) = kwargs {
-                    if kwargs.len() != kwarg_slots.len() {
-                        return Err(PyValueError::new_err(
-                            "kwargs and kwarg_slots differ in length",
-                        ));
-                    }
-                    for ((key, value), &id) in kwargs.iter().zip(&kwarg_slots) {
-                        plan.kwargs
-                            .push((key.cast_into::<PyString>()?.unbind(), slot(value, id)?));
-                    }
-                }
-                Plan::Call(plan)
-            }
-            _ => Plan::Python,
-        };
         let id = self
             .graph
             .add_node(name, target_name, kind, &deps, argument_key)?;
-        self.plans.push(plan);
+        self.plans.push(Plan::Python);
         Ok(id)
     }
 
