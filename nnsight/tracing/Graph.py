@@ -159,15 +159,21 @@ class Graph:
         source: tuple[str, int],
     ) -> Any:
         inputs = ([] if args is None else args, {} if kwargs is None else kwargs)
-        if any(
-            item.proxy_value is _EMPTY
-            for item in (
-                found.node if isinstance(found, Proxy) else found
-                for found in iter_instances(inputs, (Proxy, Node))
-            )
-        ):
+        unknown = False
+
+        def to_fake(item: Proxy | Node | torch.Tensor) -> Any:
+            # One pass: proxies and nodes become their proxy values, every real tensor (also
+            # inside a proxy value) its fake twin; an unknown proxy value ends validation.
+            nonlocal unknown
+            if isinstance(item, torch.Tensor):
+                return self._fake.fakify(item)
+            value = (item.node if isinstance(item, Proxy) else item).proxy_value
+            unknown = unknown or value is _EMPTY
+            return self._fake.fakify(value)
+
+        fake_args, fake_kwargs = map_structure(inputs, to_fake, (Proxy, Node, torch.Tensor))
+        if unknown:
             return _EMPTY
-        fake_args, fake_kwargs = self._fake.fakify(Node.prepare_proxy_values(inputs))
         call = target
         if isinstance(target, str):
             obj, *fake_args = fake_args
