@@ -11,11 +11,13 @@ import torch
 
 from .._core import ROOT_ARGUMENT, GraphCore
 from ..errors import TracingError, ValidationError
+from . import fake_cache
+from ._describe import describe
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
 from .Node import RESERVED_TARGETS, Node, target_name
 from .Proxy import Proxy
-from .validation import FakeRunner, describe
+from .validation import FakeRunner
 
 _EMPTY = inspect._empty
 
@@ -160,26 +162,39 @@ class Graph:
     ) -> Any:
         inputs = ([] if args is None else args, {} if kwargs is None else kwargs)
         unknown = False
+        materialize = isinstance(target, str)  # method-name targets need real fakes to bind
 
         def to_fake(item: Proxy | Node | torch.Tensor) -> Any:
             # One pass: proxies and nodes become their proxy values, every real tensor (also
             # inside a proxy value) its fake twin; an unknown proxy value ends validation.
+            # Cached proxy values stay lazy for the cache lookup and are built (and kept on
+            # their node) only when the op must really run.
             nonlocal unknown
             if isinstance(item, torch.Tensor):
                 return self._fake.fakify(item)
-            value = (item.node if isinstance(item, Proxy) else item).proxy_value
+            node = item.node if isinstance(item, Proxy) else item
+            value = node.proxy_value if materialize else node._proxy_value
             unknown = unknown or value is _EMPTY
             return self._fake.fakify(value)
 
         fake_args, fake_kwargs = map_structure(inputs, to_fake, (Proxy, Node, torch.Tensor))
         if unknown:
             return _EMPTY
+        key = None
+        if not materialize:
+            key = fake_cache.cache_key(target, fake_args, fake_kwargs)
+            cached = self._fake.lookup(key)
+            if cached is not _EMPTY:
+                return cached
+            if fake_cache.holds_lazy((fake_args, fake_kwargs)):
+                materialize = True
+                fake_args, fake_kwargs = map_structure(inputs, to_fake, (Proxy, Node, torch.Tensor))
         call = target
         if isinstance(target, str):
             obj, *fake_args = fake_args
             call = getattr(obj, target)
         try:
-            known, value = self._fake.run(call, fake_args, fake_kwargs)
+            known, value = self._fake.run(call, fake_args, fake_kwargs, key)
         except Exception as exc:
             shown = ", ".join(
                 [describe(a) for a in fake_args]

@@ -18,6 +18,7 @@ from .._core import ForeignNode
 from ..errors import ExecutionError, TracingError, ValueNotSetError
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
+from .fake_cache import LazyFake
 from .Proxy import Proxy
 
 if TYPE_CHECKING:
@@ -67,10 +68,10 @@ class Node:
         "_core",
         "_graph_ref",
         "_name",
+        "_proxy_value",
         "args",
         "id",
         "kwargs",
-        "proxy_value",
         "source",
         "target",
     )
@@ -105,9 +106,22 @@ class Node:
         self.target = target
         self.args = args
         self.kwargs = kwargs
-        self.proxy_value = value
+        self._proxy_value = value
         self.source = source if source is not None else user_source(2)
         graph._nodes.append(self)
+
+    @property
+    def proxy_value(self) -> Any:
+        """Fake (or user-given) version of the value, from validation. A cached result is kept
+        lazily and built into a ``FakeTensor`` here, on first read (see ``fake_cache``)."""
+        value = self._proxy_value
+        if type(value) is LazyFake:
+            value = self._proxy_value = value.materialize()
+        return value
+
+    @proxy_value.setter
+    def proxy_value(self, value: Any) -> None:
+        self._proxy_value = value
 
     @property
     def name(self) -> str:

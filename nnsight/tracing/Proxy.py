@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TracingError
+from ._describe import describe
 from ._walk import iter_instances
-from .validation import describe
 
 if TYPE_CHECKING:
     from .Node import Node

@@ -7,6 +7,9 @@ Real tensors among the arguments (weights, constants) are fakified by the mode
 
 from __future__ import annotations
 
+#: Failures that say "fake tensors cannot tell" rather than "this op is wrong": the node is
+#: kept, with an unknown proxy value.
+import inspect
 import logging
 import threading
 from typing import Any
@@ -21,8 +24,7 @@ from torch._subclasses.fake_tensor import (
     UnsupportedOperatorException,
 )
 
-#: Failures that say "fake tensors cannot tell" rather than "this op is wrong": the node is
-#: kept, with an unknown proxy value.
+from . import fake_cache
 from ._walk import map_structure
 
 _UNKNOWABLE = (
@@ -33,6 +35,7 @@ _UNKNOWABLE = (
 )
 
 
+_EMPTY = inspect._empty
 _active = threading.local()
 
 
@@ -56,12 +59,19 @@ def _install_filter() -> None:
 
 
 class FakeRunner:
-    """Runs callables under one lazily made ``FakeTensorMode``."""
+    """Runs callables under one lazily made ``FakeTensorMode``, remembering results by
+    argument metadata where that is safe (see :mod:`nnsight.tracing.fake_cache`).
 
-    __slots__ = ("_mode",)
+    Attributes:
+        hits: Calls answered from the cache (for tests and benchmarks).
+    """
+
+    __slots__ = ("_cache", "_mode", "hits")
 
     def __init__(self) -> None:
         self._mode: FakeTensorMode | None = None
+        self._cache: dict[Any, tuple[Any, ...]] = {}
+        self.hits = 0
 
     @property
     def mode(self) -> FakeTensorMode:
@@ -80,15 +90,27 @@ class FakeRunner:
 
         return map_structure(values, to_fake, torch.Tensor)
 
-    def run(self, target: Any, args: list[Any], kwargs: dict[str, Any]) -> tuple[bool, Any]:
+    def lookup(self, key: Any) -> Any:
+        """The cached result for ``key`` (from :func:`fake_cache.cache_key`), or
+        ``inspect._empty`` when there is none."""
+        kept = self._cache.get(key) if key is not None else None
+        if kept is None:
+            return _EMPTY
+        self.hits += 1
+        return fake_cache.rebuild(kept, self.mode)
+
+    def run(
+        self, target: Any, args: list[Any], kwargs: dict[str, Any], key: Any = None
+    ) -> tuple[bool, Any]:
         """``(True, result)`` of ``target(*args, **kwargs)`` under the fake mode, or
         ``(False, None)`` when fake tensors cannot know the result (data-dependent shapes).
-        Any other exception propagates: it is a real error in the traced code."""
+        Any other exception propagates: it is a real error in the traced code. A result worth
+        keeping is cached under ``key``."""
         mode = self.mode
         _active.on = True
         try:
             with mode:
-                return True, target(*args, **kwargs)
+                value = target(*args, **kwargs)
         except _UNKNOWABLE:
             return False, None
         except RuntimeError as err:
@@ -99,16 +121,10 @@ class FakeRunner:
             raise
         finally:
             _active.on = False
-
-
-def describe(value: Any) -> str:
-    """Short description of a proxy value for messages: shapes, never tensor contents."""
-    if isinstance(value, torch.Tensor):
-        return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(describe(item) for item in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
-    if isinstance(value, torch.nn.Module):
-        return type(value).__name__
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+        if key is not None:
+            kept = fake_cache.snapshot(value)
+            if kept is not None:
+                if len(self._cache) >= fake_cache.MAX_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = kept
+        return True, value
