@@ -239,6 +239,13 @@ impl<V> Graph<V> {
         released: &mut Vec<V>,
     ) -> Result<(), GraphError> {
         self.check(id)?;
+        self.store(id, value, released);
+        Ok(())
+    }
+
+    /// [`Graph::set_value`] for an id known to be valid (checked, or taken off the ready stack).
+    #[inline]
+    fn store(&mut self, id: NodeId, value: V, released: &mut Vec<V>) {
         let i = id as usize;
         if let Some(old) = self.values[i].replace(value) {
             Self::defer_drop(old, released);
@@ -269,7 +276,6 @@ impl<V> Graph<V> {
         if self.remaining_listeners[i] == 0 {
             Self::release(&mut self.values, &mut self.events, id, released);
         }
-        Ok(())
     }
 
     /// Hands a released value to the caller, who drops it when that is safe (a Python object's
@@ -335,17 +341,14 @@ impl<V> Graph<V> {
         base: usize,
         released: &mut Vec<V>,
         mut execute: impl FnMut(&Self, NodeId) -> Result<Option<V>, E>,
-    ) -> Result<(), E>
-    where
-        E: From<GraphError>,
-    {
+    ) -> Result<(), E> {
         while let Some(id) = self.pop_ready(base) {
             if self.kinds[id as usize] == Kind::Swap {
                 self.swap = Some(id);
                 continue;
             }
             match execute(self, id) {
-                Ok(Some(value)) => self.set_value(id, value, released)?,
+                Ok(Some(value)) => self.store(id, value, released),
                 Ok(None) => {}
                 Err(err) => {
                     self.abort(released);
