@@ -91,3 +91,15 @@ def test_operator_targets_hit_and_shape_errors_still_raise() -> None:
             pass
         else:
             raise AssertionError("shape error not raised")
+
+
+def test_chains_of_cached_ops_keep_hitting_the_cache() -> None:
+    """The second op hits on a real fake input, the third on the second's lazy result: a lazy
+    fake must have the same argument key as the real fake tensor it stands for."""
+    graph = Graph(torch.ones(2, 3))
+    first = graph.module_proxy + 1
+    second = first + 1
+    third = second + 1
+    assert graph._fake.hits == 2
+    assert type(third.node._proxy_value) is LazyFake
+    assert third.node.proxy_value.shape == (2, 3)

@@ -81,6 +81,19 @@ class _Uncacheable(Exception):
     pass
 
 
+def _tensor_meta(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """What a cached tensor result keeps: shape, strides, dtype, device, requires_grad."""
+    return (tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device, tensor.requires_grad)
+
+
+def _tensor_key(
+    meta: tuple[Any, ...], layout: torch.layout, storage_offset: int
+) -> tuple[Any, ...]:
+    """The argument key of a tensor: one spelling for real fakes and :class:`LazyFake`s alike,
+    so a chain of cached ops keeps hitting the cache."""
+    return (_TENSOR, *meta, layout, storage_offset)
+
+
 class LazyFake:
     """A cached fake tensor not built yet: its metadata, and its cache key as an argument.
 
@@ -92,18 +105,10 @@ class LazyFake:
     __slots__ = ("device", "dtype", "key", "mode", "requires_grad", "shape", "stride")
 
     def __init__(self, kept: tuple[Any, ...], mode: FakeTensorMode) -> None:
-        _, self.shape, self.stride, self.dtype, self.device, self.requires_grad = kept
+        meta = kept[1:]
+        self.shape, self.stride, self.dtype, self.device, self.requires_grad = meta
         self.mode = mode
-        self.key = (
-            _TENSOR,
-            self.shape,
-            self.stride,
-            self.dtype,
-            self.device,
-            torch.strided,
-            self.requires_grad,
-            0,
-        )
+        self.key = _tensor_key(meta, torch.strided, 0)
 
     def materialize(self) -> FakeTensor:
         meta = torch.empty_strided(
@@ -147,16 +152,7 @@ def _arg_key(value: Any) -> Any:
     if cls is LazyFake:
         return value.key
     if isinstance(value, torch.Tensor):
-        return (
-            _TENSOR,
-            tuple(value.shape),
-            value.stride(),
-            value.dtype,
-            value.device,
-            value.layout,
-            value.requires_grad,
-            value.storage_offset(),
-        )
+        return _tensor_key(_tensor_meta(value), value.layout, value.storage_offset())
     if cls is tuple or cls is list or cls is torch.Size:
         return (cls, tuple(_arg_key(item) for item in value))
     if cls is dict:
@@ -201,14 +197,7 @@ def snapshot(value: Any) -> tuple[Any, ...] | None:
     if isinstance(value, FakeTensor):
         if value.layout is not torch.strided or value.storage_offset() != 0:
             return None
-        return (
-            _TENSOR,
-            tuple(value.shape),
-            value.stride(),
-            value.dtype,
-            value.device,
-            value.requires_grad,
-        )
+        return (_TENSOR, *_tensor_meta(value))
     try:
         _arg_key(value)
     except _Uncacheable:
