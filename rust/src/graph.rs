@@ -63,6 +63,11 @@ pub enum Event {
 
 /// The intervention graph's bookkeeping, generic over the value type `V` (a Python object
 /// reference in the bindings, a number in tests and benches).
+///
+/// Invariant the hot loop relies on: every per-node vector has exactly [`Graph::len`] entries
+/// (`dep_offsets` one more), every id stored in an edge list or on the ready stack is below
+/// `len`, and the listener CSR, when fresh, covers all `len` nodes. Only [`Graph::add_node`]
+/// adds nodes, checking each dependency first, and nothing ever removes one.
 #[derive(Debug)]
 pub struct Graph<V> {
     names: Names,
@@ -75,9 +80,9 @@ pub struct Graph<V> {
     listeners: Vec<Vec<NodeId>>,
     /// ... and the same lists flattened for the hot loop, rebuilt by `compile` when stale.
     listener_csr: Csr,
-    initial_listeners: Vec<i32>,
-    remaining_listeners: Vec<i32>,
-    remaining_dependencies: Vec<i32>,
+    /// Edge counts, copied into `remaining` by [`Graph::compile`] in one pass.
+    initial: Vec<Counts>,
+    remaining: Vec<Counts>,
     values: Vec<Option<V>>,
     /// Argument key -> the `argument` nodes registered under it, keys in first-use order.
     arguments: Vec<(String, Vec<NodeId>)>,
@@ -86,6 +91,14 @@ pub struct Graph<V> {
     ready: Vec<NodeId>,
     swap: Option<NodeId>,
     events: Option<Vec<Event>>,
+}
+
+/// A node's listener and dependency counts, side by side: propagation touches both for
+/// neighbouring nodes, and `compile` resets them with one copy.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    listeners: i32,
+    dependencies: i32,
 }
 
 /// A flattened adjacency list.
@@ -109,9 +122,31 @@ impl Csr {
         self.nodes = lists.len();
     }
 
+    /// Node `i`'s list; `i` must be below the node count it was built for.
+    #[inline]
     fn get(&self, i: usize) -> &[NodeId] {
-        &self.edges[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+        let (start, end) = (*at(&self.offsets, i) as usize, *at(&self.offsets, i + 1));
+        debug_assert!(start <= end as usize && (end as usize) <= self.edges.len());
+        // SAFETY: `rebuild` writes offsets that are non-decreasing and end at `edges.len()`.
+        unsafe { self.edges.get_unchecked(start..end as usize) }
     }
+}
+
+/// `slice[i]` for an index that [`Graph`]'s invariant keeps in bounds (checked in debug builds).
+#[inline(always)]
+fn at<T>(slice: &[T], i: usize) -> &T {
+    debug_assert!(i < slice.len());
+    // SAFETY: callers index per-node arrays with ids below `Graph::len`, or offset arrays with
+    // `id + 1 <= len`; see the invariant on `Graph`.
+    unsafe { slice.get_unchecked(i) }
+}
+
+/// Mutable [`at`].
+#[inline(always)]
+fn at_mut<T>(slice: &mut [T], i: usize) -> &mut T {
+    debug_assert!(i < slice.len());
+    // SAFETY: as for `at`.
+    unsafe { slice.get_unchecked_mut(i) }
 }
 
 impl<V> Default for Graph<V> {
@@ -129,9 +164,8 @@ impl<V> Graph<V> {
             dep_edges: Vec::new(),
             listeners: Vec::new(),
             listener_csr: Csr::default(),
-            initial_listeners: Vec::new(),
-            remaining_listeners: Vec::new(),
-            remaining_dependencies: Vec::new(),
+            initial: Vec::new(),
+            remaining: Vec::new(),
             values: Vec::new(),
             arguments: Vec::new(),
             roots: Vec::new(),
@@ -189,7 +223,7 @@ impl<V> Graph<V> {
             if !self.dep_edges[start..].contains(&dep) {
                 self.dep_edges.push(dep);
                 self.listeners[dep as usize].push(id);
-                self.initial_listeners[dep as usize] += 1;
+                self.initial[dep as usize].listeners += 1;
             }
         }
         if self.dep_edges.len() == start && kind.executes() {
@@ -199,9 +233,11 @@ impl<V> Graph<V> {
         self.names.insert(chosen, target_name, id);
         self.kinds.push(kind);
         self.listeners.push(Vec::new());
-        self.initial_listeners.push(0);
-        self.remaining_listeners.push(0);
-        self.remaining_dependencies.push(0);
+        self.initial.push(Counts {
+            listeners: 0,
+            dependencies: (self.dep_edges.len() - start) as i32,
+        });
+        self.remaining.push(Counts::default());
         self.values.push(None);
         if let Some(key) = argument_key {
             match self.argument_slot(key) {
@@ -216,15 +252,11 @@ impl<V> Graph<V> {
     /// set to the edge counts, no pending swap, an empty ready stack. Then the executable nodes
     /// that have no dependencies are made ready (the first added on top), for the host to drain.
     pub fn compile(&mut self, released: &mut Vec<V>) {
-        released.extend(self.values.iter_mut().filter_map(Option::take));
+        self.release_all(released);
         if self.listener_csr.nodes != self.len() {
             self.listener_csr.rebuild(&self.listeners);
         }
-        self.remaining_listeners
-            .copy_from_slice(&self.initial_listeners);
-        for (i, remaining) in self.remaining_dependencies.iter_mut().enumerate() {
-            *remaining = (self.dep_offsets[i + 1] - self.dep_offsets[i]) as i32;
-        }
+        self.remaining.copy_from_slice(&self.initial);
         self.ready.clear();
         self.swap = None;
         self.ready.extend(self.roots.iter().rev());
@@ -244,20 +276,28 @@ impl<V> Graph<V> {
     }
 
     /// [`Graph::set_value`] for an id known to be valid (checked, or taken off the ready stack).
+    ///
+    /// The hot loop: every index below is an id or offset that the struct invariant keeps in
+    /// bounds, so it indexes without bounds checks (still checked in debug builds).
     #[inline]
     fn store(&mut self, id: NodeId, value: V, released: &mut Vec<V>) {
+        debug_assert!((id as usize) < self.len());
         let i = id as usize;
-        if let Some(old) = self.values[i].replace(value) {
+        if let Some(old) = at_mut(&mut self.values, i).replace(value) {
             Self::defer_drop(old, released);
         }
         if let Some(events) = &mut self.events {
             events.push(Event::Set(id));
         }
-        let deps = &self.dep_edges[self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize];
-        for &dep in deps {
-            let d = dep as usize;
-            self.remaining_listeners[d] -= 1;
-            if self.remaining_listeners[d] == 0 {
+        let (start, end) = (
+            *at(&self.dep_offsets, i) as usize,
+            *at(&self.dep_offsets, i + 1) as usize,
+        );
+        for k in start..end {
+            let dep = *at(&self.dep_edges, k);
+            let remaining = &mut at_mut(&mut self.remaining, dep as usize).listeners;
+            *remaining -= 1;
+            if *remaining == 0 {
                 Self::release(&mut self.values, &mut self.events, dep, released);
             }
         }
@@ -268,12 +308,13 @@ impl<V> Graph<V> {
         };
         for &listener in listeners.iter().rev() {
             let l = listener as usize;
-            self.remaining_dependencies[l] -= 1;
-            if self.remaining_dependencies[l] == 0 && self.kinds[l].executes() {
+            let remaining = &mut at_mut(&mut self.remaining, l).dependencies;
+            *remaining -= 1;
+            if *remaining == 0 && at(&self.kinds, l).executes() {
                 self.ready.push(listener);
             }
         }
-        if self.remaining_listeners[i] == 0 {
+        if at(&self.remaining, i).listeners == 0 {
             Self::release(&mut self.values, &mut self.events, id, released);
         }
     }
@@ -300,7 +341,7 @@ impl<V> Graph<V> {
         id: NodeId,
         released: &mut Vec<V>,
     ) {
-        if let Some(value) = values[id as usize].take() {
+        if let Some(value) = at_mut(values, id as usize).take() {
             Self::defer_drop(value, released);
             if let Some(events) = events {
                 events.push(Event::Destroy(id));
@@ -313,7 +354,16 @@ impl<V> Graph<V> {
     pub fn abort(&mut self, released: &mut Vec<V>) {
         self.ready.clear();
         self.swap = None;
-        released.extend(self.values.iter_mut().filter_map(Option::take));
+        self.release_all(released);
+    }
+
+    /// Releases every value; values without drop glue are just cleared (a plain memory fill).
+    fn release_all(&mut self, released: &mut Vec<V>) {
+        if std::mem::needs_drop::<V>() {
+            released.extend(self.values.iter_mut().filter_map(Option::take));
+        } else {
+            self.values.fill_with(|| None);
+        }
     }
 
     /// Depth of the ready stack: a drain started now owns the entries above it.
@@ -343,7 +393,7 @@ impl<V> Graph<V> {
         mut execute: impl FnMut(&Self, NodeId) -> Result<Option<V>, E>,
     ) -> Result<(), E> {
         while let Some(id) = self.pop_ready(base) {
-            if self.kinds[id as usize] == Kind::Swap {
+            if *at(&self.kinds, id as usize) == Kind::Swap {
                 self.swap = Some(id);
                 continue;
             }
@@ -411,23 +461,23 @@ impl<V> Graph<V> {
 
     pub fn remaining_listeners(&self, id: NodeId) -> Result<i32, GraphError> {
         self.check(id)?;
-        Ok(self.remaining_listeners[id as usize])
+        Ok(self.remaining[id as usize].listeners)
     }
 
     pub fn remaining_dependencies(&self, id: NodeId) -> Result<i32, GraphError> {
         self.check(id)?;
-        Ok(self.remaining_dependencies[id as usize])
+        Ok(self.remaining[id as usize].dependencies)
     }
 
     pub fn set_remaining_listeners(&mut self, id: NodeId, n: i32) -> Result<(), GraphError> {
         self.check(id)?;
-        self.remaining_listeners[id as usize] = n;
+        self.remaining[id as usize].listeners = n;
         Ok(())
     }
 
     pub fn set_remaining_dependencies(&mut self, id: NodeId, n: i32) -> Result<(), GraphError> {
         self.check(id)?;
-        self.remaining_dependencies[id as usize] = n;
+        self.remaining[id as usize].dependencies = n;
         Ok(())
     }
 
