@@ -1,7 +1,8 @@
 """Per-node cost of the public tracing API, side by side with the pure-Python reference model.
 
 Measures, for a chain (each op uses the previous one) and a fan-out (every op uses one input):
-  * add:      ``graph.add`` per node, validation off (and on, for validation's own cost);
+  * add:      ``graph.add`` per node, validation off (and on, for validation's own cost), and
+              the share of it CPython spent in full garbage collections;
   * compile:  resetting the graph for a run, per node;
   * execute:  setting the input and running every node, per node, and that minus the cost of
               calling the target itself (``operator.add`` on ints), i.e. the scheduler's share.
@@ -37,11 +38,37 @@ def best(fn: Callable[[], float], repeats: int) -> float:
     return min(fn() for _ in range(repeats))
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], full_gc: FullCollections | None = None) -> float:
+    """Seconds `fn` takes, starting from a collected heap; `full_gc` is told about the full
+    collections that happen during the call."""
     gc.collect()
+    if full_gc is not None:
+        gc.callbacks.append(full_gc)
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    try:
+        fn()
+        return time.perf_counter() - start
+    finally:
+        if full_gc is not None:
+            gc.callbacks.remove(full_gc)
+
+
+class FullCollections:
+    """Time CPython spends in full (generation 2) collections while active. Each one walks
+    every live object, torch's ~186k included, so on large builds it is a share of `add` that
+    depends on the heap, not on the graph."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
 
 
 def build_ours(shape: str, n: int, validate: bool = False, value: object = 0):
@@ -76,11 +103,14 @@ def measure(shape: str, n: int, repeats: int) -> dict[str, float]:
         adds, compiles, executes = [], [], []
         for _ in range(repeats):
             graph, x, build = (build_ours if impl == "ours" else build_ref)(shape, n)
-            adds.append(timed(build))
+            full_gc = FullCollections()
+            adds.append((timed(build, full_gc), full_gc.seconds))
             compiles.append(timed(lambda: graph.compile(None)))  # noqa: B023
             node = x.node if impl == "ours" else x
             executes.append(timed(lambda: node.set_value(0)))  # noqa: B023
-        out[f"{impl}_add"] = min(adds) / n
+        add, add_gc = min(adds)
+        out[f"{impl}_add"] = add / n
+        out[f"{impl}_add_gc"] = add_gc / n
         out[f"{impl}_compile"] = min(compiles) / n
         out[f"{impl}_execute"] = min(executes) / n
 
@@ -123,15 +153,16 @@ def main() -> None:
 
     print(f"per-node cost in microseconds (best of {repeats}); ref = pure-Python reference model")
     print(
-        "| shape | nodes | add ours | add ref | compile ours | compile ref "
+        "| shape | nodes | add ours | of which full GC | add ref | compile ours | compile ref "
         "| execute ours | execute ref | execute ours minus target |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for shape in ("chain", "fan_out"):
         for n in sizes:
             r = measure(shape, n, repeats)
             print(
-                f"| {shape} | {n} | {us(r['ours_add'])} | {us(r['ref_add'])} "
+                f"| {shape} | {n} | {us(r['ours_add'])} | {us(r['ours_add_gc'])} "
+                f"| {us(r['ref_add'])} "
                 f"| {us(r['ours_compile'])} | {us(r['ref_compile'])} "
                 f"| {us(r['ours_execute'])} | {us(r['ref_execute'])} "
                 f"| {us(r['ours_execute'] - r['target'])} |"

@@ -17,11 +17,10 @@ class GraphCore:
     def add_linked(
         self,
         name: str | None,
-        target_name: str,
         target: Any,
-        args: list[Any],
-        kwargs: dict[str, Any],
-    ) -> int: ...
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> tuple[int, list[Any], dict[str, Any]] | None: ...
     def add_node(
         self,
         name: str | None,

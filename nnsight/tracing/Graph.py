@@ -20,6 +20,9 @@ from .Proxy import Proxy
 from .validation import FakeRunner
 
 _EMPTY = inspect._empty
+#: Bare instances for ``add``'s hot path, filled by ``Node._setup`` and the proxy's slot.
+_new_object = object.__new__
+_set_proxy_node = Proxy.node.__set__  # type: ignore[attr-defined]
 
 
 class NodeMap(Mapping[str, Node]):
@@ -150,7 +153,12 @@ class Graph:
         source = user_source(2)
         if value is _EMPTY and self.validate and not _is_reserved(target):
             value = self._fake_value(target, args, kwargs, source)
-        node = Node(name, self, value, target, args, kwargs, source=source)
+        node = _new_object(Node)
+        node._setup(name, self, value, target, args, kwargs, source)
+        if self.proxy_class is Proxy:
+            proxy = _new_object(Proxy)
+            _set_proxy_node(proxy, node)
+            return proxy
         return self.proxy_class(node)
 
     def _fake_value(

@@ -87,27 +87,40 @@ class Node:
         *,
         source: tuple[str, int] | None = None,
     ) -> None:
+        self._setup(name, graph, value, target, args, kwargs, source or user_source(2))
+
+    def _setup(
+        self,
+        name: str | None,
+        graph: Graph,
+        value: Any,
+        target: Any,
+        args: list[Any] | None,
+        kwargs: dict[str, Any] | None,
+        source: tuple[str, int],
+    ) -> None:
+        """The body of ``__init__``; ``Graph.add`` calls it on a bare instance, which skips the
+        constructor's dispatch on the hot path."""
         core: GraphCore = graph._core
-        args = [] if args is None else list(args)
-        kwargs = {} if kwargs is None else dict(kwargs)
-        node_id = -1
+        linked = None
         if not isinstance(target, str):
-            # The core scans top-level arguments itself; -1: a container needs our walk.
+            # The core copies and scans the top-level arguments itself; None: a container
+            # holds a node, proxy or tensor, and our walk must take over.
             try:
-                node_id = core.add_linked(name, target_name(target), target, args, kwargs)
+                linked = core.add_linked(name, target, args, kwargs)
             except ForeignNode as exc:
                 _foreign(exc.args[0])
-        if node_id < 0:
-            node_id, args, kwargs = _add_walked(core, name, target, args, kwargs)
-        self.id = node_id
+        if linked is None:
+            args = [] if args is None else list(args)
+            kwargs = {} if kwargs is None else dict(kwargs)
+            linked = _add_walked(core, name, target, args, kwargs)
+        self.id, self.args, self.kwargs = linked
         self._name = name
         self._core = core
         self._graph_ref = graph._weak_self
         self.target = target
-        self.args = args
-        self.kwargs = kwargs
         self._proxy_value = value
-        self.source = source if source is not None else user_source(2)
+        self.source = source
         graph._nodes.append(self)
 
     @property

@@ -20,6 +20,11 @@ def skip_directory(path: str) -> None:
     path = os.path.abspath(path) + os.sep
     if path not in _LIBRARY_DIRS:
         _LIBRARY_DIRS = (*_LIBRARY_DIRS, path)
+        _IS_LIBRARY_FILE.clear()
+
+
+#: File name -> whether it lies in a library directory, so each file is tested once.
+_IS_LIBRARY_FILE: dict[str, bool] = {}
 
 
 #: ``(file, line)`` of a node whose origin is unknown.
@@ -29,11 +34,15 @@ UNKNOWN = ("<unknown>", 0)
 def user_source(skip: int = 1) -> tuple[str, int]:
     """``(file, line)`` of the innermost frame outside library internals, ``skip`` frames up."""
     frame = sys._getframe(skip)
-    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+    while frame is not None:
+        file = frame.f_code.co_filename
+        internal = _IS_LIBRARY_FILE.get(file)
+        if internal is None:
+            internal = _IS_LIBRARY_FILE[file] = file.startswith(_LIBRARY_DIRS)
+        if not internal:
+            return file, frame.f_lineno
         frame = frame.f_back
-    if frame is None:
-        return UNKNOWN
-    return frame.f_code.co_filename, frame.f_lineno
+    return UNKNOWN
 
 
 def format_source(source: tuple[str, int]) -> str:

@@ -83,6 +83,21 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
+/// `add_linked`'s result: the new id and the linked copies of args and kwargs.
+type Linked<'py> = (i64, Bound<'py, PyList>, Bound<'py, PyDict>);
+
+/// nnsight's automatic-name stem of a callable target: its `__name__` when that is a string,
+/// else the name of its type (as `nnsight.tracing.Node.target_name` does).
+fn target_name<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+    let py = target.py();
+    if let Ok(name) = target.getattr(intern!(py, "__name__")) {
+        if let Ok(name) = name.cast_into::<PyString>() {
+            return Ok(name);
+        }
+    }
+    target.get_type().name()
+}
+
 fn to_id(id: i64) -> Option<NodeId> {
     NodeId::try_from(id).ok()
 }
@@ -361,20 +376,33 @@ impl PyGraphCore {
         }
     }
 
-    /// Adds an op node whose arguments are scanned here: proxies in `args` / `kwargs` values
-    /// are replaced by their nodes (in place), nodes become dependencies and fast-call slots,
-    /// and the core calls the target itself. Returns the id, or -1 (nothing added) when a
-    /// container holds nodes, proxies or tensors: the Python side then walks the arguments and
-    /// calls `add_node`. A node of another graph raises `ForeignNode(node)`.
-    fn add_linked(
-        slf: &Bound<'_, Self>,
+    /// Adds an op node whose arguments are scanned here, in one call: the node is named after
+    /// `target.__name__` (else its type's name), `args` (a list, a tuple or None) and `kwargs`
+    /// (a dict or None) are copied, proxies in them are replaced by their nodes, nodes become
+    /// dependencies and fast-call slots, and the core calls the target itself. Returns
+    /// `(id, args, kwargs)` with the linked copies, or None (nothing added) when a container
+    /// holds nodes, proxies or tensors: the Python side then walks the arguments and calls
+    /// `add_node`. A node of another graph raises `ForeignNode(node)`.
+    #[pyo3(signature = (name, target, args=None, kwargs=None))]
+    fn add_linked<'py>(
+        slf: &Bound<'py, Self>,
         name: Option<&str>,
-        target_name: &str,
-        target: Bound<'_, PyAny>,
-        args: Bound<'_, PyList>,
-        kwargs: Bound<'_, PyDict>,
-    ) -> PyResult<i64> {
+        target: Bound<'py, PyAny>,
+        args: Option<Bound<'py, PyAny>>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Option<Linked<'py>>> {
         let py = slf.py();
+        let args = match args {
+            None => PyList::empty(py),
+            Some(args) => match args.cast::<PyList>() {
+                Ok(list) => list.get_slice(0, list.len()),
+                Err(_) => PyList::new(py, args.try_iter()?.collect::<PyResult<Vec<_>>>()?)?,
+            },
+        };
+        let kwargs = match kwargs {
+            None => PyDict::new(py),
+            Some(kwargs) => kwargs.copy()?,
+        };
         let types = {
             let this = slf.borrow();
             let clone = |ty: &Option<Py<PyType>>| ty.as_ref().map(|ty| ty.clone_ref(py));
@@ -386,14 +414,14 @@ impl PyGraphCore {
         };
         let mut deps = Vec::new();
         let mut plan = CallPlan {
-            target: target.unbind(),
+            target: target.clone().unbind(),
             args: Vec::with_capacity(args.len()),
             kwargs: Vec::with_capacity(kwargs.len()),
         };
         for (i, item) in args.iter().enumerate() {
             match Self::link(slf, &types, item, &mut deps, |node| args.set_item(i, node))? {
                 Some(slot) => plan.args.push(slot),
-                None => return Ok(-1),
+                None => return Ok(None),
             }
         }
         for (key, item) in kwargs.iter() {
@@ -403,15 +431,16 @@ impl PyGraphCore {
                 Some(slot) => plan
                     .kwargs
                     .push((key.cast_into::<PyString>()?.unbind(), slot)),
-                None => return Ok(-1),
+                None => return Ok(None),
             }
         }
+        let target_name = target_name(&target)?;
         let mut this = slf.borrow_mut();
         let id = this
             .graph
-            .add_node(name, target_name, Kind::Op, &deps, None)?;
+            .add_node(name, target_name.to_str()?, Kind::Op, &deps, None)?;
         this.plans.push(Plan::Call(plan));
-        Ok(i64::from(id))
+        Ok(Some((i64::from(id), args, kwargs)))
     }
 
     /// Adds a node the core does not call itself (reserved and method-name targets, and ops
