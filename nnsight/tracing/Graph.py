@@ -15,6 +15,8 @@ from . import fake_cache
 from ._describe import describe
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
+from .effects import has_effect
+from .fake_cache import LazyFake, LazyValue
 from .Node import RESERVED_TARGETS, Node, target_name
 from .Proxy import Proxy
 from .validation import FakeRunner
@@ -155,11 +157,12 @@ class Graph:
             value = self._fake_value(target, args, kwargs, source)
         node = _new_object(Node)
         node._setup(name, self, value, target, args, kwargs, source)
-        if self.proxy_class is Proxy:
-            proxy = _new_object(Proxy)
+        proxy_class = self.proxy_class
+        if proxy_class.__init__ is Proxy.__init__:
+            proxy = _new_object(proxy_class)
             _set_proxy_node(proxy, node)
             return proxy
-        return self.proxy_class(node)
+        return proxy_class(node)
 
     def _fake_value(
         self,
@@ -181,7 +184,9 @@ class Graph:
             if isinstance(item, torch.Tensor):
                 return self._fake.fakify(item)
             node = item.node if isinstance(item, Proxy) else item
-            value = node.proxy_value if materialize else node._proxy_value
+            value = node._proxy_value
+            if materialize or (type(value) is not LazyFake and isinstance(value, LazyValue)):
+                value = node.proxy_value
             unknown = unknown or value is _EMPTY
             return self._fake.fakify(value)
 
@@ -213,6 +218,17 @@ class Graph:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         return value if known else _EMPTY
+
+    def eliminate_dead_code(self) -> list[Node]:
+        """Marks the nodes that cannot affect any result as dead, and returns them.
+
+        A node is live when it has an effect of its own (see :mod:`nnsight.tracing.effects`:
+        saves, swaps, in-place edits, calls that may do anything) or a live node uses its value.
+        Dead nodes never execute and hold no values alive. Applies from the next
+        :meth:`compile`; adding a node undoes it. (nnsight 0.2 had this method as a stub.)
+        """
+        dead = self._core.eliminate_dead_code([has_effect(node) for node in self._nodes])
+        return [self._nodes[i] for i in dead]
 
     # ----- running ----------------------------------------------------------------------------
 

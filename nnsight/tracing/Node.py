@@ -4,6 +4,8 @@ A ``Node`` is a thin Python handle: its storage, edges, counts and value live in
 Rust core (``nnsight._core.GraphCore``), addressed by ``node.id``. The Python side keeps what
 only Python needs: the target, the args and kwargs (with proxies replaced by their nodes), the
 proxy value, and the source line that made it.
+
+A proxy value may be a :class:`~nnsight.tracing.fake_cache.LazyValue`, computed on first read.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .._core import ForeignNode
 from ..errors import ExecutionError, TracingError, ValueNotSetError
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
-from .fake_cache import LazyFake
+from .fake_cache import LazyValue
 from .Proxy import Proxy
 
 if TYPE_CHECKING:
@@ -108,8 +110,8 @@ class Node:
             # holds a node, proxy or tensor, and our walk must take over.
             try:
                 linked = core.add_linked(name, target, args, kwargs)
-            except ForeignNode as exc:
-                _foreign(exc.args[0])
+            except ForeignNode:
+                linked = None  # the walk below resolves finished nodes or raises
         if linked is None:
             args = [] if args is None else list(args)
             kwargs = {} if kwargs is None else dict(kwargs)
@@ -128,7 +130,7 @@ class Node:
         """Fake (or user-given) version of the value, from validation. A cached result is kept
         lazily and built into a ``FakeTensor`` here, on first read (see ``fake_cache``)."""
         value = self._proxy_value
-        if type(value) is LazyFake:
+        if isinstance(value, LazyValue):
             value = self._proxy_value = value.materialize()
         return value
 
@@ -366,10 +368,10 @@ def _add_walked(
     Proxies are replaced by nodes at any depth; returns the id and the linked arguments."""
     deps: list[int] = []
 
-    def link(found: Proxy | Node) -> Node:
+    def link(found: Proxy | Node) -> Any:
         node = found.node if isinstance(found, Proxy) else found
         if node._core is not core:
-            _foreign(node)
+            return _finished_value(node)
         deps.append(node.id)
         return node
 
@@ -386,9 +388,20 @@ def _add_walked(
     return core.add_node(name, target_name(target), kind, deps, argument_key), args, kwargs
 
 
-def _foreign(node: Node) -> None:
-    raise TracingError(
-        f"node '{node.name}' belongs to another graph (traced at "
-        f"{format_source(node.source)}); a proxy can only be used in the trace that made it "
-        "(save it and use .value to carry a value between traces)"
-    )
+def _finished_value(node: Node) -> Any:
+    """The value of a node of another graph, usable as a constant once that graph has finished
+    running and kept it (a saved proxy). Anything else is an error: a proxy of a graph still
+    being traced, or one whose value was freed because it was not saved."""
+    if node.is_tracing():
+        raise TracingError(
+            f"node '{node.name}' belongs to another graph that is still being traced (traced "
+            f"at {format_source(node.source)}); a proxy can only be used in the trace that "
+            "made it"
+        )
+    if not node.done():
+        raise TracingError(
+            f"proxy '{node.name}' (traced at {format_source(node.source)}) comes from an "
+            "earlier trace and was not saved, so its value no longer exists; call .save() on "
+            "it in that trace to use it here"
+        )
+    return node.value

@@ -94,7 +94,18 @@ def _tensor_key(
     return (_TENSOR, *meta, layout, storage_offset)
 
 
-class LazyFake:
+class LazyValue:
+    """A proxy value computed only when something reads it: ``Node.proxy_value`` calls
+    :meth:`materialize` on first read and keeps the result. Layers above tracing subclass it
+    (the model scan's per-call values)."""
+
+    __slots__ = ()
+
+    def materialize(self) -> Any:
+        raise NotImplementedError
+
+
+class LazyFake(LazyValue):
     """A cached fake tensor not built yet: its metadata, and its cache key as an argument.
 
     Nodes hold one as their proxy value after a cache hit; ``Node.proxy_value`` turns it into
@@ -125,7 +136,7 @@ def _in_place(name: str) -> bool:
     return name.endswith("_") and not name.endswith("__")
 
 
-def _pure_target(target: Any) -> bool:
+def pure_target(target: Any) -> bool:
     """Whether ``target``'s result metadata depends on its arguments' metadata alone."""
     try:
         if target in _PLAIN_BUILTINS:
@@ -169,7 +180,7 @@ def _arg_key(value: Any) -> Any:
 
 def cache_key(target: Any, args: list[Any], kwargs: dict[str, Any]) -> Any | None:
     """The cache key of this call, or None when it must not be cached."""
-    if not _pure_target(target):
+    if not pure_target(target):
         return None
     try:
         return (

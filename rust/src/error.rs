@@ -18,6 +18,8 @@ pub enum GraphError {
     SecondRoot,
     /// An `argument` node was added without an argument key.
     MissingArgumentKey(String),
+    /// `eliminate_dead_code` was given one flag per node, but not for every node.
+    EffectsLength { expected: usize, got: usize },
 }
 
 impl fmt::Display for GraphError {
@@ -36,6 +38,10 @@ impl fmt::Display for GraphError {
             GraphError::MissingArgumentKey(name) => write!(
                 f,
                 "'argument' node '{name}' needs its argument key as its first argument"
+            ),
+            GraphError::EffectsLength { expected, got } => write!(
+                f,
+                "eliminate_dead_code needs one effect flag per node: {expected} nodes, {got} flags"
             ),
         }
     }

@@ -72,6 +72,11 @@ pub enum Event {
 pub struct Graph<V> {
     names: Names,
     kinds: Vec<Kind>,
+    /// Whether a node is put on the ready stack once fulfilled: an executable kind that
+    /// [`Graph::eliminate_dead_code`] did not find dead.
+    runs: Vec<bool>,
+    /// Nodes [`Graph::eliminate_dead_code`] found dead (empty when it is not in effect).
+    dead: Vec<NodeId>,
     /// Dependencies in CSR form: node `i`'s are `dep_edges[dep_offsets[i]..dep_offsets[i + 1]]`.
     /// Append-only, since a node's dependencies are fixed when it is added.
     dep_offsets: Vec<u32>,
@@ -160,6 +165,8 @@ impl<V> Graph<V> {
         Self {
             names: Names::default(),
             kinds: Vec::new(),
+            runs: Vec::new(),
+            dead: Vec::new(),
             dep_offsets: vec![0],
             dep_edges: Vec::new(),
             listeners: Vec::new(),
@@ -217,6 +224,9 @@ impl<V> Graph<V> {
             return Err(GraphError::SecondRoot);
         }
 
+        if !self.dead.is_empty() {
+            self.revive_all();
+        }
         let id = self.kinds.len() as NodeId;
         let start = self.dep_edges.len();
         for &dep in dependencies {
@@ -232,6 +242,7 @@ impl<V> Graph<V> {
         self.dep_offsets.push(self.dep_edges.len() as u32);
         self.names.insert(chosen, target_name, id);
         self.kinds.push(kind);
+        self.runs.push(kind.executes());
         self.listeners.push(Vec::new());
         self.initial.push(Counts {
             listeners: 0,
@@ -259,7 +270,70 @@ impl<V> Graph<V> {
         self.remaining.copy_from_slice(&self.initial);
         self.ready.clear();
         self.swap = None;
-        self.ready.extend(self.roots.iter().rev());
+        let runs = &self.runs;
+        self.ready
+            .extend(self.roots.iter().rev().filter(|&&id| runs[id as usize]));
+    }
+
+    /// Marks every node that cannot affect a result as dead, and returns the dead ids.
+    ///
+    /// A node is live when `effects[id]` says it has an effect of its own (a save, a swap, an
+    /// in-place edit, a call that may do anything) or when a live node depends on it. Dead
+    /// nodes are never executed, and their edges no longer count as listeners, so their
+    /// dependencies' values are released as if the dead nodes did not exist. Dependencies
+    /// always precede their listeners, so one backward pass finds every live node.
+    ///
+    /// Takes effect at the next [`Graph::compile`]; adding a node undoes it (every node is
+    /// live again) since the new node may need dead ones.
+    pub fn eliminate_dead_code(&mut self, effects: &[bool]) -> Result<Vec<NodeId>, GraphError> {
+        if effects.len() != self.len() {
+            return Err(GraphError::EffectsLength {
+                expected: self.len(),
+                got: effects.len(),
+            });
+        }
+        let mut live = effects.to_vec();
+        for i in (0..self.len()).rev() {
+            if live[i] {
+                let deps =
+                    &self.dep_edges[self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize];
+                for &dep in deps {
+                    live[dep as usize] = true;
+                }
+            }
+        }
+        for counts in &mut self.initial {
+            counts.listeners = 0;
+        }
+        let mut dead = Vec::new();
+        for (i, &is_live) in live.iter().enumerate() {
+            self.runs[i] = is_live && self.kinds[i].executes();
+            if !is_live {
+                dead.push(i as NodeId);
+                continue;
+            }
+            for k in self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize {
+                self.initial[self.dep_edges[k] as usize].listeners += 1;
+            }
+        }
+        self.dead.clone_from(&dead);
+        Ok(dead)
+    }
+
+    /// Undoes [`Graph::eliminate_dead_code`]: every node is live again.
+    pub fn revive_all(&mut self) {
+        for (i, counts) in self.initial.iter_mut().enumerate() {
+            counts.listeners = self.listeners[i].len() as i32;
+        }
+        for (runs, kind) in self.runs.iter_mut().zip(&self.kinds) {
+            *runs = kind.executes();
+        }
+        self.dead.clear();
+    }
+
+    /// The nodes found dead by the last [`Graph::eliminate_dead_code`] still in effect.
+    pub fn dead(&self) -> &[NodeId] {
+        &self.dead
     }
 
     /// Sets a node's value and propagates (see the module docs). Released values, the node's old
@@ -310,7 +384,7 @@ impl<V> Graph<V> {
             let l = listener as usize;
             let remaining = &mut at_mut(&mut self.remaining, l).dependencies;
             *remaining -= 1;
-            if *remaining == 0 && at(&self.kinds, l).executes() {
+            if *remaining == 0 && *at(&self.runs, l) {
                 self.ready.push(listener);
             }
         }
@@ -761,6 +835,61 @@ mod tests {
             g.set_value(5, Box::new(1), &mut released),
             Err(GraphError::UnknownId(5))
         );
+    }
+
+    #[test]
+    fn dead_code_never_runs_and_does_not_hold_values() {
+        let mut g = G::new();
+        g.set_record_events(true);
+        let r = root(&mut g);
+        let used = g.add_node(None, "used", Kind::Op, &[r], None).unwrap();
+        let unused = g.add_node(None, "unused", Kind::Op, &[r], None).unwrap();
+        let unused_tail = g.add_node(None, "tail", Kind::Op, &[unused], None).unwrap();
+        let save = g.add_node(None, "null", Kind::Null, &[used], None).unwrap();
+        let mut effects = vec![false; g.len()];
+        effects[save as usize] = true;
+        assert_eq!(
+            g.eliminate_dead_code(&effects).unwrap(),
+            vec![unused, unused_tail]
+        );
+        run_sum(&mut g, 1);
+        use Event::*;
+        // The root is released as soon as its one live listener has run.
+        assert_eq!(
+            g.take_events(),
+            vec![Set(r), Execute(used), Set(used), Destroy(r)]
+        );
+        assert_eq!(g.value(used).unwrap().map(|v| **v), Some(2));
+        assert!(!g.done(unused).unwrap());
+
+        // Adding a node revives everything: the new node may use a dead one.
+        g.add_node(None, "null", Kind::Null, &[unused_tail], None)
+            .unwrap();
+        assert!(g.dead().is_empty());
+        run_sum(&mut g, 1);
+        assert_eq!(g.value(unused_tail).unwrap().map(|v| **v), Some(3));
+    }
+
+    #[test]
+    fn effects_keep_their_dependencies_alive_transitively() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
+        let b = g.add_node(None, "b", Kind::Op, &[a], None).unwrap();
+        let edit = g.add_node(None, "setitem", Kind::Op, &[b], None).unwrap();
+        let mut effects = vec![false; g.len()];
+        effects[edit as usize] = true;
+        assert!(g.eliminate_dead_code(&effects).unwrap().is_empty());
+        assert_eq!(
+            g.eliminate_dead_code(&[true]),
+            Err(GraphError::EffectsLength {
+                expected: 4,
+                got: 1
+            })
+        );
+        run_sum(&mut g, 1);
+        assert!(g.value(edit).unwrap().is_none()); // ran, nothing listens: released at once
+        assert!(!g.done(a).unwrap() && !g.done(b).unwrap());
     }
 
     #[test]

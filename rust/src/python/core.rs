@@ -598,6 +598,26 @@ impl PyGraphCore {
         Ok(self.graph.set_swap(id)?)
     }
 
+    /// Marks nodes that cannot affect a result as dead (see `Graph::eliminate_dead_code`);
+    /// `effects` has one flag per node. Returns the dead ids.
+    fn eliminate_dead_code(&mut self, effects: Vec<bool>) -> PyResult<Vec<u32>> {
+        Ok(self.graph.eliminate_dead_code(&effects)?)
+    }
+
+    /// The ids found dead by the elimination in effect (empty when none is).
+    fn dead(&self) -> Vec<u32> {
+        self.graph.dead().to_vec()
+    }
+
+    /// Abandons the current execution (after an error outside the graph, such as one raised
+    /// by the model itself): empties the ready stack, drops the pending swap and releases
+    /// every value. `compile` makes the graph runnable again.
+    fn abort(slf: &Bound<'_, Self>) {
+        let mut released = Vec::new();
+        slf.borrow_mut().graph.abort(&mut released);
+        drop(released); // after the borrow ends: a finaliser may call back into the graph
+    }
+
     fn record_events(&mut self, on: bool) {
         self.graph.set_record_events(on);
     }
