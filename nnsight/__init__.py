@@ -2,10 +2,11 @@
 
 Operations on proxies are recorded into an intervention graph (:mod:`nnsight.tracing`) whose
 bookkeeping (node storage, names, listener/dependency counts, propagation, freeing) lives in a
-Rust core, :mod:`nnsight._core`.
+Rust core, :mod:`nnsight._core`. :class:`NNsight` wraps a model so that such graphs run
+interleaved with its real forward and backward passes (:mod:`nnsight.intervention`).
 """
 
-from . import errors, tracing
+from . import errors, intervention, models, tracing
 from .errors import (
     ExecutionError,
     NNsightError,
@@ -13,11 +14,13 @@ from .errors import (
     ValidationError,
     ValueNotSetError,
 )
+from .models import NNsight
 from .tracing import Graph, Node, Proxy, proxy_wrapper
 
 __all__ = [
     "ExecutionError",
     "Graph",
+    "NNsight",
     "NNsightError",
     "Node",
     "Proxy",
@@ -25,6 +28,8 @@ __all__ = [
     "ValidationError",
     "ValueNotSetError",
     "errors",
+    "intervention",
+    "models",
     "proxy_wrapper",
     "tracing",
 ]

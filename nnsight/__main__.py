@@ -1,51 +1,101 @@
-"""Demo: build a small intervention graph by hand, run it, and show what ran and what was freed.
+"""Demo: trace and edit a small transformer that ships with the package (no downloads).
 
-Run with ``python -m nnsight``. Uses a tiny ``nn.Sequential`` built in code (no downloads).
+Run with ``python -m nnsight``. Each step prints nnsight's result beside the same thing done in
+plain PyTorch (forward hooks, ``torch.autograd.grad``) and exits non-zero if they differ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from .tracing import Graph
+from . import NNsight
+from .models.tiny import TinyTransformer
+
+
+def _hooked(module: torch.nn.Module, fn: Callable[..., Any], call: Callable[[], Any]) -> Any:
+    handle = module.register_forward_hook(fn)
+    try:
+        return call()
+    finally:
+        handle.remove()
 
 
 def main() -> None:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    inputs = torch.randn(3, 4)
+    net = TinyTransformer().eval()
+    model = NNsight(net)
+    clean = torch.randint(0, net.config.vocab_size, (1, 8))
+    corrupt = clean.clone()
+    corrupt[0, 2] = (corrupt[0, 2] + 7) % net.config.vocab_size
+    failures: list[str] = []
 
-    graph = Graph(model)  # validate=True: every op below is checked on fake tensors
-    root = graph.module_proxy
-    x = graph.add(target="argument", value=inputs, args=["inputs"])
-    hidden = root[1](root[0](x))  # first two layers
-    hidden_mean = hidden.mean(dim=-1).save()  # kept: a `null` node listens to it
-    edited = hidden * (hidden > 0.5)  # zero small activations
-    logits = root[2](edited).save()
+    def report(what: str, ours: torch.Tensor, plain: torch.Tensor) -> None:
+        same = torch.allclose(ours, plain, atol=1e-5)
+        failures.extend([] if same else [what])
+        head = ", ".join(f"{v:+.4f}" for v in ours.flatten()[:3].tolist())
+        print(f"  {what:30s} nnsight [{head}, ...]  plain PyTorch agrees: {same}")
 
-    print("Graph (one line per node):")
-    print(graph)
-    print(f"\nshape known at trace time: logits -> {logits}")
+    print(f"model: {type(net).__name__}, {net.config.n_layer} blocks, tokens {clean.tolist()}\n")
 
-    graph.record_events()
-    graph.compile(model)  # sets the root module; nodes needing only it run now
-    graph.nodes[graph.argument_node_names["inputs"][0]].set_value(inputs)
+    # 1. Save activations.
+    print("1. save every block's output")
+    with torch.no_grad(), model.trace(clean):
+        saved = [block.output.save() for block in model.transformer.h]
+    for i, block in enumerate(net.transformer.h):
+        kept: list[torch.Tensor] = []
+        _hooked(block, lambda m, a, out: kept.append(out), lambda: net(clean))  # noqa: B023
+        report(f"transformer.h[{i}].output", saved[i].value, kept[0])
 
-    print("\nWhat ran, and what was freed the moment nothing needed it:")
-    for kind, name in graph.take_events():
-        print(f"  {kind:8s} {name}")
-
+    # 2. Activation patching: two invokes batched into one forward pass.
+    layer, position = 1, 2
+    print(f"\n2. patch h[{layer}] at token {position} from the clean run into the corrupted one")
+    with torch.no_grad(), model.trace() as tracer:
+        with tracer.invoke(clean):
+            clean_hidden = model.transformer.h[layer].output
+        with tracer.invoke(corrupt):
+            model.transformer.h[layer].output[:, position] = clean_hidden[:, position]
+            patched = model.lm_head.output.save()
     with torch.no_grad():
-        h = model[1](model[0](inputs))
-        expected = model[2](h * (h > 0.5))
-    same = torch.allclose(logits.value, expected)
-    print(f"\nlogits from the graph:\n{logits.value}")
-    print(f"plain PyTorch gives the same: {same}")
-    print(f"saved hidden mean: {hidden_mean.value}")
-    alive = [name for name in graph.nodes if graph.nodes[name].done()]
-    print(f"values still alive after the run (saved ones only): {alive}")
-    if not same:
-        raise SystemExit("graph result differs from plain PyTorch")
+        kept = []
+        _hooked(net.transformer.h[layer], lambda m, a, out: kept.append(out), lambda: net(clean))
+
+        def patch(module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            out[:, position] = kept[0][:, position]
+            return out
+
+        plain = _hooked(net.transformer.h[layer], patch, lambda: net(corrupt))
+    report("patched logits", patched.value, plain)
+
+    # 3. Zero an MLP's output.
+    print("\n3. zero transformer.h[2].mlp's output")
+    with torch.no_grad(), model.trace(clean):
+        model.transformer.h[2].mlp.output[:] = 0
+        logits = model.output.save()
+    with torch.no_grad():
+        plain = _hooked(
+            net.transformer.h[2].mlp, lambda m, a, out: torch.zeros_like(out), lambda: net(clean)
+        )
+    report("logits with the MLP zeroed", logits.value, plain)
+
+    # 4. Read a gradient.
+    print("\n4. gradient of the last token's top logit w.r.t. h[1]'s output")
+    with model.trace(clean):
+        hidden = model.transformer.h[1].output
+        grad = hidden.grad.save()
+        model.output[0, -1].max().backward()
+    kept = []
+    out = _hooked(net.transformer.h[1], lambda m, a, o: kept.append(o), lambda: net(clean))
+    (plain_grad,) = torch.autograd.grad(out[0, -1].max(), kept[0])
+    report("h[1].output.grad", grad.value, plain_grad)
+
+    net.zero_grad()
+    if failures:
+        raise SystemExit(f"differs from plain PyTorch: {failures}")
+    print("\nall results match plain PyTorch")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,23 @@
+"""Running intervention graphs inside real models: envoys, traces, invokes, interleaving.
+
+Built on :mod:`nnsight.tracing`; :mod:`nnsight.models` wraps models with it.
+"""
+
+import os
+
+from ..tracing._source import skip_directory
+from .envoy import Envoy
+from .graph import InterventionGraph
+from .proxy import InterventionProxy, SavedProxy
+from .tracer import Invoker, Tracer
+
+skip_directory(os.path.dirname(os.path.abspath(__file__)))
+
+__all__ = [
+    "Envoy",
+    "InterventionGraph",
+    "InterventionProxy",
+    "Invoker",
+    "SavedProxy",
+    "Tracer",
+]

@@ -1,0 +1,150 @@
+"""Envoy: stands for one module of a wrapped model, mirroring the module tree.
+
+``model.transformer.h[2]`` walks envoys; ``.output`` / ``.input`` inside a trace are proxies of
+that module's output / input for the current invoke, and assigning them replaces the value
+for the invoke's rows. Any other attribute is the real module's (``model.config``, weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import TracingError
+from ..tracing._source import format_source, user_source
+
+if TYPE_CHECKING:
+    from .proxy import InterventionProxy
+    from .tracer import Tracer
+
+
+def spell_path(path: str) -> str:
+    """How a user writes the envoy at ``path``: ``.transformer.h.0`` is
+    ``model.transformer.h[0]``."""
+    return "model" + "".join(
+        f"[{part}]" if part.isdigit() else f".{part}" for part in path.split(".")[1:]
+    )
+
+
+class Session:
+    """What all envoys of one wrapped model share: the trace open on it, if any."""
+
+    __slots__ = ("tracer",)
+
+    def __init__(self) -> None:
+        self.tracer: Tracer | None = None
+
+
+class Envoy:
+    """A module of the wrapped model, as seen while tracing.
+
+    Attributes:
+        path: ``""`` for the root, ``".transformer.h.0"`` for a submodule (nnsight 0.2's
+            spelling, used in the graph's argument keys ``<path>.output.<call>``).
+    """
+
+    def __init__(self, module: torch.nn.Module, path: str, session: Session) -> None:
+        self._module = module
+        self.path = path
+        self._session = session
+        self._children = {
+            name: Envoy(child, f"{path}.{name}", session) for name, child in module.named_children()
+        }
+
+    # ----- the module tree --------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        children = self.__dict__.get("_children")
+        if children is None:  # during unpickling or before __init__
+            raise AttributeError(name)
+        if name in children:
+            return children[name]
+        try:
+            return getattr(self._module, name)
+        except AttributeError:
+            raise AttributeError(
+                f"{self._describe()} ({type(self._module).__name__}) has no submodule or "
+                f"attribute '{name}'; its submodules are: {', '.join(children) or 'none'}"
+            ) from None
+
+    def __getitem__(self, key: int | str) -> Envoy:
+        names = list(self._children)
+        if isinstance(key, int):
+            if not -len(names) <= key < len(names):
+                raise IndexError(
+                    f"{self._describe()} has {len(names)} submodules; index {key} is out of range"
+                )
+            return self._children[names[key]]
+        if key in self._children:
+            return self._children[key]
+        raise KeyError(f"{self._describe()} has no submodule '{key}'")
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __iter__(self) -> Iterator[Envoy]:
+        return iter(self._children.values())
+
+    def modules(self) -> Iterator[Envoy]:
+        """This envoy and every envoy below it, depth first."""
+        yield self
+        for child in self._children.values():
+            yield from child.modules()
+
+    def _describe(self) -> str:
+        return spell_path(self.path)
+
+    def __repr__(self) -> str:
+        return repr(self._module)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tracer = self._session.tracer
+        if tracer is None:
+            return self._module(*args, **kwargs)
+        return tracer.apply(self._module, *args, **kwargs)
+
+    # ----- values of the current trace --------------------------------------------------------
+
+    @property
+    def output(self) -> InterventionProxy:
+        """Proxy of this module's output at its current call, for the current invoke."""
+        return self._tracer("output").module_value(self, "output")
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        self._tracer("output").set_module_value(self, "output", value)
+
+    @property
+    def input(self) -> InterventionProxy:
+        """Proxy of this module's input, ``((args...), {kwargs})`` as in nnsight 0.2."""
+        return self._tracer("input").module_value(self, "input")
+
+    @input.setter
+    def input(self, value: Any) -> None:
+        self._tracer("input").set_module_value(self, "input", value)
+
+    def next(self, steps: int = 1) -> Envoy:
+        """Addresses this module's next call from now on (a module called several times per
+        forward, or the next generation step); returns the envoy, so
+        ``model.layer.next().output`` reads the second call's output."""
+        self._tracer("next()").advance(self, steps)
+        return self
+
+    def _tracer(self, what: str) -> Tracer:
+        tracer = self._session.tracer
+        if tracer is None:
+            raise TracingError(
+                f"{self._describe()}.{what} used outside a trace at "
+                f"{format_source(user_source())}: open `with model.trace(inputs):` first"
+            )
+        return tracer
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in ("output", "input") or key.startswith("_") or key == "path":
+            object.__setattr__(self, key, value)
+        elif key in self._children:
+            raise TracingError(f"cannot replace submodule '{key}' of {self._describe()}")
+        else:
+            setattr(self._module, key, value)

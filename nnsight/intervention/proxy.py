@@ -1,0 +1,181 @@
+"""Proxies of a model trace: ``.grad``, ``.save()`` bookkeeping, and what a saved proxy becomes
+once its trace has run."""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..tracing import Proxy
+from ..tracing._walk import map_structure
+
+if TYPE_CHECKING:
+    from .graph import InterventionGraph
+
+_EMPTY = inspect._empty
+
+
+class InterventionProxy(Proxy):
+    """A :class:`~nnsight.tracing.Proxy` with gradients and saving that outlives the trace.
+
+    * ``proxy.grad`` is the gradient flowing back into this value (a ``grad`` node: a hook on
+      the tensor, set when backward reaches it); ``proxy.grad = g`` replaces that gradient.
+    * ``proxy.save()`` keeps the value; after the trace the proxy behaves like its value
+      (:class:`SavedProxy`).
+    """
+
+    __slots__ = ()
+
+    def save(self) -> InterventionProxy:
+        super().save()
+        self._graph().saved.append(self)
+        return self
+
+    def _graph(self) -> InterventionGraph:
+        return self.node.graph  # type: ignore[return-value]
+
+    @property
+    def grad(self) -> InterventionProxy:
+        """The gradient of this value, as a proxy (one ``grad`` node per proxy)."""
+        return self._graph().grad_of(self)
+
+    @property
+    def shape(self) -> Any:
+        """The shape, known while tracing from the proxy value (``torch.Size``); traced like
+        any attribute when the proxy value is unknown."""
+        return self._static_attribute("shape")
+
+    @property
+    def dtype(self) -> Any:
+        return self._static_attribute("dtype")
+
+    @property
+    def device(self) -> Any:
+        return self._static_attribute("device")
+
+    @property
+    def ndim(self) -> Any:
+        return self._static_attribute("ndim")
+
+    def _static_attribute(self, name: str) -> Any:
+        value = self.node.proxy_value
+        if value is not _EMPTY and hasattr(value, name):
+            return getattr(value, name)
+        return super().__getattr__(name)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key == "grad":
+            graph = self._graph()
+            graph.add(target="swap", value=_EMPTY, args=[graph.grad_of(self).node, value])
+        else:
+            super().__setattr__(key, value)
+
+
+def _value(item: Any) -> Any:
+    return item.value if isinstance(item, SavedProxy) else item
+
+
+def _unwrap(values: Any) -> Any:
+    return map_structure(values, _value, SavedProxy)
+
+
+class SavedProxy(InterventionProxy):
+    """A saved proxy after its trace has run: every operation applies to its value.
+
+    ``saved + 1``, ``saved[0]``, ``saved.shape``, ``torch.sum(saved)``, ``len(saved)``,
+    iteration and printing act on ``saved.value``; use ``.value`` for the value itself (an
+    ``isinstance`` check still sees a proxy). Used in a later trace, it is a constant.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__") and key.endswith("__"):
+            raise AttributeError(key)
+        return getattr(self.value, key)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        setattr(self.value, key, _value(value))
+
+    shape = property(lambda self: self.value.shape)
+    dtype = property(lambda self: self.value.dtype)
+    device = property(lambda self: self.value.device)
+    ndim = property(lambda self: self.value.ndim)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.value[_unwrap(key)]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.value[_unwrap(key)] = _value(value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.value(*_unwrap(args), **_unwrap(kwargs))
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.value)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __contains__(self, item: Any) -> bool:
+        return _value(item) in self.value
+
+    def __index__(self) -> int:
+        return operator.index(self.value)
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.value.__array__(*args, **kwargs)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    @classmethod
+    def __torch_function__(
+        cls,
+        orig_method: Callable[..., Any],
+        types: Any,
+        args: Any = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        return orig_method(*_unwrap(tuple(args)), **_unwrap(kwargs or {}))
+
+
+def _on_value(op: Callable[[Any, Any], Any], reflected: bool) -> Callable[[SavedProxy, Any], Any]:
+    if reflected:
+        return lambda self, other: op(_value(other), self.value)
+    return lambda self, other: op(self.value, _value(other))
+
+
+_BINARY = "add sub mul matmul truediv floordiv mod pow lshift rshift and or xor".split()
+for _name in _BINARY:
+    _op = getattr(operator, f"{_name}_" if _name in ("and", "or") else _name)
+    setattr(SavedProxy, f"__{_name}__", _on_value(_op, reflected=False))
+    setattr(SavedProxy, f"__r{_name}__", _on_value(_op, reflected=True))
+for _name in "eq ne lt le gt ge".split():
+    setattr(SavedProxy, f"__{_name}__", _on_value(getattr(operator, _name), reflected=False))
+
+
+def _unary_on_value(op: Callable[[Any], Any]) -> Callable[[SavedProxy], Any]:
+    return lambda self: op(self.value)
+
+
+for _name in "neg pos abs invert".split():
+    setattr(SavedProxy, f"__{_name}__", _unary_on_value(getattr(operator, _name)))
+SavedProxy.__hash__ = object.__hash__  # type: ignore[method-assign]

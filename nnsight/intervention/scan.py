@@ -1,0 +1,201 @@
+"""The model scan: what every module call gives and takes, learned from one fake forward pass.
+
+Envoy proxies (``.output``/``.input``) get their proxy values from the scan, so ``.shape``,
+``len()`` and tuple unpacking work while tracing. The scan is lazy and cached:
+
+* lazy: a proxy value is a :class:`ScannedValue` that runs the scan only when something reads
+  it. A trace that never asks for a shape runs no fake forward at all.
+* cached: the scan's results are kept, as metadata only (shape, strides, dtype, device), per
+  model and per signature of the inputs (shapes, dtypes, non-tensor values). Later traces with
+  inputs of the same signature pay a dictionary lookup.
+
+The fake forward runs under a ``FakeTensorMode`` (real weights are fakified, never touched).
+When fake tensors cannot run the model (data-dependent control flow), the values stay unknown.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+from ..tracing.fake_cache import LazyValue
+from ..tracing.validation import FakeRunner
+from .batching import map_tensors, rebuild_like
+
+_EMPTY = inspect._empty
+
+#: Signatures kept per model before the cache starts over.
+MAX_SCANS = 64
+
+#: (path, "output" | "input", call index) -> the value's metadata structure.
+CallValues = dict[tuple[str, str, int], Any]
+
+
+class _Meta:
+    """A tensor's metadata, standing for it inside a kept structure."""
+
+    __slots__ = ("device", "dtype", "requires_grad", "shape", "stride")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.shape = tuple(tensor.shape)
+        self.stride = tensor.stride()
+        self.dtype = tensor.dtype
+        self.device = tensor.device
+        self.requires_grad = tensor.requires_grad
+
+    def build(self, mode: FakeTensorMode) -> FakeTensor:
+        meta = torch.empty_strided(
+            self.shape, self.stride, dtype=self.dtype, device="meta"
+        ).requires_grad_(self.requires_grad)
+        return FakeTensor(mode, meta, self.device)
+
+
+class _Container:
+    """A tuple, list or dict (of any subclass) inside a kept structure."""
+
+    __slots__ = ("items", "like")
+
+    def __init__(self, like: Any, items: Any) -> None:
+        self.like = like  # the original, for its type (model outputs are rebuilt by type)
+        self.items = items
+
+
+def _snapshot(obj: Any) -> Any:
+    """What the scan keeps of a value: tensors as metadata, containers as their items."""
+    if isinstance(obj, torch.Tensor):
+        return _Meta(obj)
+    if isinstance(obj, (tuple, list)):
+        return _Container(type(obj), [_snapshot(item) for item in obj])
+    if isinstance(obj, dict):
+        return _Container(type(obj), {key: _snapshot(item) for key, item in obj.items()})
+    return obj
+
+
+def signature(value: Any) -> Any:
+    """A hashable summary of inputs for the cache: tensors by shape, dtype and device, other
+    values as themselves. None when some value is not hashable (then nothing is cached)."""
+
+    def summarize(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return ("tensor", tuple(obj.shape), obj.dtype, obj.device)
+        if isinstance(obj, (tuple, list)):
+            return (type(obj), tuple(summarize(item) for item in obj))
+        if isinstance(obj, dict):
+            return (type(obj), tuple((key, summarize(item)) for key, item in obj.items()))
+        hash(obj)
+        return obj
+
+    try:
+        return summarize(value)
+    except TypeError:
+        return None
+
+
+class Scanner:
+    """Scans one model and caches the results by input signature."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._model = model
+        self._cache: dict[Any, CallValues | None] = {}
+        self.runs = 0  # fake forwards actually run (for tests)
+
+    def values(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallValues | None:
+        """Every module call's kept input and output for these inputs (None: not scannable)."""
+        key = signature((args, kwargs))
+        if key is not None and key in self._cache:
+            return self._cache[key]
+        found = self._run(args, kwargs)
+        if key is not None:
+            if len(self._cache) >= MAX_SCANS:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallValues | None:
+        self.runs += 1
+        found: CallValues = {}
+        calls: dict[str, list[int]] = {}
+        handles = []
+
+        def keep(path: str, kind: str, value: Any) -> None:
+            counter = calls.setdefault(path, [0, 0])
+            slot = 0 if kind == "input" else 1
+            found[(path, kind, counter[slot])] = _snapshot(value)
+            counter[slot] += 1
+
+        for name, module in self._model.named_modules():
+            path = f".{name}" if name else ""
+            handles.append(module.register_forward_pre_hook(_pre(keep, path), with_kwargs=True))
+            handles.append(module.register_forward_hook(_post(keep, path)))
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        try:
+            with mode:
+                fake_args, fake_kwargs = map_tensors((args, kwargs), mode.from_tensor)
+                self._model(*fake_args, **fake_kwargs)
+        except Exception:
+            return None  # fake tensors cannot run this model: values stay unknown
+        finally:
+            for handle in handles:
+                handle.remove()
+        return found
+
+
+def _pre(keep: Callable[[str, str, Any], None], path: str) -> Callable[..., None]:
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        keep(path, "input", (args, kwargs))
+
+    return hook
+
+
+def _post(keep: Callable[[str, str, Any], None], path: str) -> Callable[..., None]:
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        keep(path, "output", output)
+
+    return hook
+
+
+class ScannedValue(LazyValue):
+    """The proxy value of one module call's input or output, scanned on first read and built
+    as fake tensors in the reading graph's fake mode (``inspect._empty`` when unknown).
+
+    Holds the scanner, the invoke's inputs and the graph's fake runner, never the tracer or the
+    graph, so proxy values form no reference cycle with them.
+    """
+
+    __slots__ = ("_args", "_key", "_kwargs", "_runner", "_scanner")
+
+    def __init__(
+        self,
+        scanner: Scanner,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        key: tuple[str, str, int],
+        runner: FakeRunner,
+    ) -> None:
+        self._scanner = scanner
+        self._args = args
+        self._kwargs = kwargs
+        self._key = key
+        self._runner = runner
+
+    def materialize(self) -> Any:
+        found = self._scanner.values(self._args, self._kwargs)
+        if found is None or self._key not in found:
+            return _EMPTY
+        return _rebuild(found[self._key], self._runner.mode)
+
+
+def _rebuild(kept: Any, mode: FakeTensorMode) -> Any:
+    if isinstance(kept, _Meta):
+        return kept.build(mode)
+    if isinstance(kept, _Container):
+        if isinstance(kept.items, dict):
+            items: Any = {key: _rebuild(value, mode) for key, value in kept.items.items()}
+        else:
+            items = [_rebuild(value, mode) for value in kept.items]
+        return rebuild_like(kept.like, items)
+    return kept

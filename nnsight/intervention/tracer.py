@@ -1,0 +1,262 @@
+"""Tracer and Invoker: the ``with model.trace(...)`` block and its ``tracer.invoke(...)`` blocks.
+
+Inside the block, envoy ``.output``/``.input`` proxies and every operation on them are recorded
+into one :class:`~nnsight.intervention.graph.InterventionGraph`. On leaving the block the
+invokes' inputs are batched into ONE forward pass, nodes that cannot affect a result are
+eliminated, and the graph runs interleaved with the model (see ``interleaver``). Saved proxies
+then behave like their values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TracingError
+from ..tracing._source import format_source, user_source
+from .batching import Rows, batch_size_of, combine
+from .envoy import Envoy, spell_path
+from .graph import InterventionGraph
+from .interleaver import Interleaver
+from .proxy import InterventionProxy, SavedProxy
+from .scan import ScannedValue
+
+if TYPE_CHECKING:
+    from ..models.NNsight import NNsight
+
+_EMPTY = inspect._empty
+
+
+@dataclasses.dataclass
+class Invoke:
+    """One invoke's inputs and the rows of the batch they fill."""
+
+    index: int
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    start: int
+    size: int
+
+
+class Invoker:
+    """``with tracer.invoke(*inputs, **kwargs):`` — interventions written inside see and change
+    only this invoke's rows of the batch. Invokes cannot be nested."""
+
+    def __init__(self, tracer: Tracer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.tracer = tracer
+        self.inputs = (args, kwargs)
+        self.invoke: Invoke | None = None
+
+    def __enter__(self) -> Invoker:
+        self.invoke = self.tracer._open_invoke(*self.inputs)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tracer._invoke = None
+
+
+class Tracer:
+    """``with model.trace(*inputs, validate=False, scan=True, **kwargs) as tracer:``.
+
+    Args:
+        model: The wrapped model.
+        inputs, kwargs: Inputs of the implicit invoke when given; with none, open
+            ``tracer.invoke(...)`` blocks instead (the kwargs are then passed to the forward
+            call of the whole batch).
+        validate: Run every traced op on fake tensors as it is added, so shape errors raise
+            at the line that wrote them. Off by default: it costs ~15-25 µs per op, and a
+            trace of cheap ops on real activations is then dominated by it.
+        scan: Give envoy proxies proxy values from a fake forward pass, so ``.shape``,
+            ``len()`` and unpacking work. On by default and cheap: the scan runs only when a
+            value is read, and is cached per input signature (see ``scan``).
+
+    Attributes:
+        graph: The intervention graph being recorded.
+    """
+
+    def __init__(
+        self,
+        model: NNsight,
+        inputs: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        validate: bool = False,
+        scan: bool = True,
+    ) -> None:
+        self.model = model
+        self.graph = InterventionGraph(model._model, validate=validate)
+        self.scan = scan
+        self._implicit = (inputs, kwargs) if inputs or kwargs else None
+        self._forward_kwargs = {} if self._implicit else kwargs
+        self._invokes: list[Invoke] = []
+        self._invoke: Invoke | None = None
+        self._calls: dict[str, int] = {}
+        self._values: dict[tuple[str, str, int, int], InterventionProxy] = {}
+        self._source = user_source(2)
+
+    # ----- the block --------------------------------------------------------------------------
+
+    def __enter__(self) -> Tracer:
+        session = self.model._session
+        if session.tracer is not None:
+            raise TracingError(
+                f"a trace is already open on this model (at {format_source(session.tracer._source)}"
+                "); traces cannot be nested"
+            )
+        session.tracer = self
+        if self._implicit is not None:
+            self._open_invoke(*self._implicit)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._invoke = None
+        try:
+            if exc_type is None:
+                self._run()
+        finally:
+            self.graph.tracing = False
+            self.model._session.tracer = None
+            self._values.clear()
+
+    def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
+        """A block whose interventions apply to these inputs' rows of the batch."""
+        return Invoker(self, inputs, kwargs)
+
+    def next(self, steps: int = 1) -> None:
+        """Addresses every module's next call from now on (see ``Envoy.next``)."""
+        for envoy in self.model._envoy.modules():
+            self.advance(envoy, steps)
+
+    def apply(self, target: Any, *args: Any, **kwargs: Any) -> InterventionProxy:
+        """Traces ``target(*args, **kwargs)`` (any callable, proxies allowed in the args)."""
+        return self.graph.add(target=target, args=list(args), kwargs=kwargs)  # type: ignore[return-value]
+
+    # ----- what envoys ask for ----------------------------------------------------------------
+
+    def _open_invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invoke:
+        if self._invoke is not None:
+            hint = (
+                " (model.trace(inputs) already opens one for its inputs; use model.trace() "
+                "with tracer.invoke(...) blocks to batch several)"
+                if self._implicit is not None
+                else ""
+            )
+            raise TracingError(f"invokes cannot be nested, at {format_source(user_source())}{hint}")
+        start = sum(invoke.size for invoke in self._invokes)
+        invoke = Invoke(len(self._invokes), args, kwargs, start, batch_size_of((args, kwargs)))
+        self._invokes.append(invoke)
+        self._invoke = invoke
+        return invoke
+
+    def _current_invoke(self, envoy: Envoy, kind: str) -> Invoke:
+        if self._invoke is None:
+            raise TracingError(
+                f"{spell_path(envoy.path)}.{kind} read outside an invoke at "
+                f"{format_source(user_source())}: inside model.trace() without inputs, use "
+                "it within a `with tracer.invoke(inputs):` block"
+            )
+        return self._invoke
+
+    def module_value(self, envoy: Envoy, kind: str) -> InterventionProxy:
+        """The proxy of ``envoy``'s input or output at its current call, for this invoke."""
+        invoke = self._current_invoke(envoy, kind)
+        call = self._calls.get(envoy.path, 0)
+        key = (envoy.path, kind, call, invoke.index)
+        proxy = self._values.get(key)
+        if proxy is None:
+            value: Any = _EMPTY
+            if self.scan:
+                value = ScannedValue(
+                    self.model._scanner,
+                    invoke.args,
+                    {**invoke.kwargs, **self._forward_kwargs},
+                    (envoy.path, kind, call),
+                    self.graph._fake,
+                )
+            proxy = self.graph.add(  # type: ignore[assignment]
+                target="argument",
+                value=value,
+                args=[f"{envoy.path}.{kind}.{call}", invoke.size, invoke.start],
+            )
+            self._values[key] = proxy  # type: ignore[assignment]
+        return proxy  # type: ignore[return-value]
+
+    def set_module_value(self, envoy: Envoy, kind: str, value: Any) -> None:
+        """Replaces ``envoy``'s input or output at its current call, for this invoke's rows."""
+        current = self.module_value(envoy, kind)
+        invoke = self._current_invoke(envoy, kind)
+        self._check_rows(envoy, kind, current, value, invoke)
+        self.graph.add(target="swap", value=_EMPTY, args=[current.node, value])
+        # Later reads in this invoke get a new argument node, set after the swap is applied.
+        del self._values[(envoy.path, kind, self._calls.get(envoy.path, 0), invoke.index)]
+
+    def advance(self, envoy: Envoy, steps: int) -> None:
+        self._calls[envoy.path] = self._calls.get(envoy.path, 0) + steps
+
+    def _check_rows(
+        self, envoy: Envoy, kind: str, current: InterventionProxy, value: Any, invoke: Invoke
+    ) -> None:
+        """Refuses, at the user's line, a replacement whose batch size is known to differ from
+        the invoke's rows (when both shapes are known without running anything)."""
+        original = current.node._proxy_value
+        if kind != "output" or not _has_rows(original):
+            return
+        known = value.node._proxy_value if isinstance(value, InterventionProxy) else value
+        if _has_rows(known) and known.shape[0] != invoke.size:
+            raise TracingError(
+                f"setting {spell_path(envoy.path)}.output at {format_source(user_source())}: "
+                f"the new value has batch size {known.shape[0]} but this invoke has "
+                f"{invoke.size} row(s); it must match (nnsight 0.2 silently truncated the batch)"
+            )
+
+    # ----- running ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        graph = self.graph
+        graph.tracing = False
+        if not self._invokes:
+            raise TracingError(
+                f"the trace at {format_source(self._source)} has no inputs: pass them to "
+                "model.trace(...) or open tracer.invoke(...) blocks"
+            )
+        args, kwargs = combine([(invoke.args, invoke.kwargs) for invoke in self._invokes])
+        kwargs = {**kwargs, **self._forward_kwargs}
+        total = sum(invoke.size for invoke in self._invokes)
+        rows = [Rows(invoke.start, invoke.size, total) for invoke in self._invokes]
+        graph.eliminate_dead_code()
+        interleaver = Interleaver(graph, self.model._modules_by_path, rows)
+        module = self.model._model
+        try:
+            with interleaver:
+                graph.compile(module)
+                module(*args, **kwargs)
+            missing = interleaver.unreached()
+            if missing:
+                raise TracingError(_unreached_message(missing, interleaver))
+        except BaseException as exc:
+            graph._core.abort()
+            if hasattr(exc, "add_note") and not isinstance(exc, TracingError):
+                exc.add_note(f"(raised while running the trace at {format_source(self._source)})")
+            raise
+        for proxy in graph.saved:
+            object.__setattr__(proxy, "__class__", SavedProxy)
+        graph.saved.clear()
+
+
+def _has_rows(value: Any) -> bool:
+    shape = getattr(value, "shape", None)
+    return shape is not None and not callable(shape) and len(shape) > 0
+
+
+def _unreached_message(missing: list[Any], interleaver: Interleaver) -> str:
+    lines = []
+    for node in missing:
+        key = node.args[0]
+        head, _, call = key.rpartition(".")
+        path, _, kind = head.rpartition(".")
+        made = interleaver.calls[(path, kind)]
+        lines.append(
+            f"{spell_path(path)}.{kind} of call {call} (traced at {format_source(node.source)}) "
+            f"was never reached: the module ran {made} time(s) in this forward pass"
+        )
+    return "; ".join(lines) + " (check the number of .next() calls)"
