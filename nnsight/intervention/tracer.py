@@ -197,12 +197,15 @@ class Tracer:
         self, envoy: Envoy, kind: str, current: InterventionProxy, value: Any, invoke: Invoke
     ) -> None:
         """Refuses, at the user's line, a replacement whose batch size is known to differ from
-        the invoke's rows (when both shapes are known without running anything)."""
-        original = current.node._proxy_value
-        if kind != "output" or not _has_rows(original):
+        the invoke's rows, when the new value's shape is known (a tensor, or a proxy with a
+        concrete proxy value) and the scan says the original is batched."""
+        if kind != "output":
             return
         known = value.node._proxy_value if isinstance(value, InterventionProxy) else value
-        if _has_rows(known) and known.shape[0] != invoke.size:
+        if not _has_rows(known) or known.shape[0] == invoke.size:
+            return
+        # Only now is the original's shape worth a (cached) scan: is it batched at all?
+        if _has_rows(current.node.proxy_value):
             raise TracingError(
                 f"setting {spell_path(envoy.path)}.output at {format_source(user_source())}: "
                 f"the new value has batch size {known.shape[0]} but this invoke has "

@@ -115,7 +115,7 @@ class Node:
         if linked is None:
             args = [] if args is None else list(args)
             kwargs = {} if kwargs is None else dict(kwargs)
-            linked = _add_walked(core, name, target, args, kwargs)
+            linked = _add_walked(core, name, target, args, kwargs, source)
         self.id, self.args, self.kwargs = linked
         self._name = name
         self._core = core
@@ -361,7 +361,12 @@ def _proxy_value(item: Proxy | Node) -> Any:
 
 
 def _add_walked(
-    core: GraphCore, name: str | None, target: Any, args: list[Any], kwargs: dict[str, Any]
+    core: GraphCore,
+    name: str | None,
+    target: Any,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    source: tuple[str, int],
 ) -> tuple[int, list[Any], dict[str, Any]]:
     """Adds a node the core will not call itself: a string target, or an op with nodes or
     tensors nested in its arguments (``Node._run`` resolves those and aligns devices).
@@ -371,7 +376,7 @@ def _add_walked(
     def link(found: Proxy | Node) -> Any:
         node = found.node if isinstance(found, Proxy) else found
         if node._core is not core:
-            return _finished_value(node)
+            return _finished_value(node, source)
         deps.append(node.id)
         return node
 
@@ -388,20 +393,20 @@ def _add_walked(
     return core.add_node(name, target_name(target), kind, deps, argument_key), args, kwargs
 
 
-def _finished_value(node: Node) -> Any:
+def _finished_value(node: Node, used_at: tuple[str, int]) -> Any:
     """The value of a node of another graph, usable as a constant once that graph has finished
     running and kept it (a saved proxy). Anything else is an error: a proxy of a graph still
     being traced, or one whose value was freed because it was not saved."""
     if node.is_tracing():
         raise TracingError(
-            f"node '{node.name}' belongs to another graph that is still being traced (traced "
-            f"at {format_source(node.source)}); a proxy can only be used in the trace that "
-            "made it"
+            f"at {format_source(used_at)}: node '{node.name}' belongs to another graph that is "
+            f"still being traced (traced at {format_source(node.source)}); a proxy can only be "
+            "used in the trace that made it"
         )
     if not node.done():
         raise TracingError(
-            f"proxy '{node.name}' (traced at {format_source(node.source)}) comes from an "
-            "earlier trace and was not saved, so its value no longer exists; call .save() on "
-            "it in that trace to use it here"
+            f"at {format_source(used_at)}: proxy '{node.name}' (traced at "
+            f"{format_source(node.source)}) comes from an earlier trace and was not saved, so "
+            "its value no longer exists; call .save() on it in that trace to use it here"
         )
     return node.value

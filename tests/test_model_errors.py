@@ -1,0 +1,129 @@
+"""Where nnsight 0.2 was silently wrong, we raise at the user's line; a failing run leaves the
+model clean and reusable."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from model_helpers import Reuse, hook_count, mlp
+
+from nnsight import ExecutionError, NNsight, TracingError
+
+HERE = "test_model_errors.py:"
+
+
+def test_an_unsaved_proxy_from_an_earlier_trace_raises() -> None:
+    model = NNsight(mlp())
+    x = torch.randn(2, 8)
+    with model.trace(x):
+        stale = model[0].output * 2  # not saved: freed when its trace ended
+    with pytest.raises(TracingError, match=rf"at .*{HERE}\d+: proxy 'mul_0' .*was not saved"):
+        with model.trace(x):
+            model[0].output = stale
+
+
+def test_truth_value_of_a_proxy_raises() -> None:
+    model = NNsight(mlp())
+    with pytest.raises(TracingError, match="truth value"):
+        with model.trace(torch.randn(2, 8)):
+            if model[0].output.sum() > 0:
+                pass
+
+
+def test_iterating_a_proxy_of_unknown_length_raises_but_unpacking_known_tuples_works() -> None:
+    model = NNsight(Reuse())
+    x = torch.randn(2, 6)
+    with pytest.raises(TracingError, match="needs its length"):
+        with model.trace(x, scan=False):
+            for _ in model.shared.output:
+                pass
+    with model.trace(x):
+        (args, _kwargs) = model.shared.input
+        first = args[0].save()
+        rows = [row.save() for row in model.shared.output]  # length 2 from the scan
+    assert torch.equal(first.value, x)
+    assert len(rows) == 2
+
+
+def test_next_past_the_last_call_names_the_module_and_call() -> None:
+    model = NNsight(Reuse())
+    with pytest.raises(TracingError, match=r"model.shared.output of call 2 .*ran 2 time\(s\)"):
+        with model.trace(torch.randn(2, 6)):
+            model.shared.next().next().output.save()
+
+
+def test_module_paths_that_do_not_exist_raise() -> None:
+    model = NNsight(mlp())
+    with pytest.raises(AttributeError, match="has no submodule or attribute 'decoder'"):
+        with model.trace(torch.randn(2, 8)):
+            model.decoder.output.save()
+
+
+def test_output_outside_an_invoke_or_a_trace_raises() -> None:
+    model = NNsight(mlp())
+    with pytest.raises(
+        TracingError, match=rf"model\[0\].output read outside an invoke at .*{HERE}"
+    ):
+        with model.trace():
+            model[0].output.save()
+    with pytest.raises(TracingError, match=rf"outside a trace at .*{HERE}"):
+        model[0].output.save()
+
+
+def test_nested_invokes_and_traces_raise() -> None:
+    model = NNsight(mlp())
+    x = torch.randn(2, 8)
+    with pytest.raises(TracingError, match=rf"invokes cannot be nested, at .*{HERE}"):
+        with model.trace() as tracer, tracer.invoke(x), tracer.invoke(x):
+            pass
+    with pytest.raises(TracingError, match="already opens one"):
+        with model.trace(x) as tracer, tracer.invoke(x):
+            pass
+    with pytest.raises(TracingError, match="traces cannot be nested"):
+        with model.trace(x), model.trace(x):
+            pass
+    with model.trace(x):  # the model is usable again
+        ok = model.output.save()
+    assert ok.shape == (2, 2)
+
+
+def test_an_error_in_the_run_names_the_node_removes_hooks_and_leaves_the_model_reusable() -> None:
+    net = mlp()
+    model = NNsight(net)
+    x = torch.randn(2, 8)
+    with pytest.raises(ExecutionError, match=rf"(?s)node 'matmul_0'.*RuntimeError.*{HERE}") as info:
+        with model.trace(x):
+            hidden = model[0].output.save()
+            (hidden @ torch.ones(3, 3)).save()  # wrong shape: raises during the forward pass
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert hook_count(net) == 0
+    with pytest.raises(ValueError, match="no value"):
+        hidden.value  # nothing half-set
+    with model.trace(x):
+        out = model.output.save()
+    assert torch.allclose(out.value, net(x))
+
+
+def test_an_error_raised_by_the_model_itself_removes_hooks_and_frees_values() -> None:
+    class Boom(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise KeyError("model failure")
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), Boom())
+    model = NNsight(net)
+    x = torch.randn(2, 4)
+    with pytest.raises(KeyError, match="model failure") as info:
+        with model.trace(x):
+            saved = model[0].output.save()
+    assert any("while running the trace" in note for note in info.value.__notes__)
+    assert hook_count(net) == 0
+    with pytest.raises(ValueError, match="no value"):
+        saved.value
+    del info
+    ref = weakref.ref(saved.node.graph) if saved.node._graph_ref() else None
+    del saved
+    gc.collect()
+    assert ref is None or ref() is None
