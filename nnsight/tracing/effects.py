@@ -5,8 +5,10 @@ conservatively (when unsure, a node is kept):
     * ``null`` (``.save()``) and ``swap`` nodes;
     * in-place ops: a name ending in ``_``, ``operator.setitem``/``setattr`` and the other
       in-place operators, and any call with an ``out=`` argument;
-    * calls through a proxy (``proxy(...)``, e.g. ``loss.backward()``), method-name targets,
-      user functions and modules: they may do anything;
+    * calls through a proxy (``proxy(...)``), method-name targets, user functions and modules:
+      they may do anything. Except a method call ``proxy.name(...)`` where ``name`` is a
+      non-in-place ``torch.Tensor`` method (``.sum()``, ``.softmax(-1)``): effect-free, as the
+      same call through ``torch`` would be. ``loss.backward()`` is an effect;
     * ``torch`` functions that act on the world rather than return a value (``backward``,
       ``autograd.grad``, ``register_hook``, ``save``, seeding, ``torch.distributed``...).
 
@@ -16,13 +18,13 @@ so are ``argument`` and ``grad`` nodes, which run only for the nodes that use th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from .fake_cache import pure_target
+from .Node import Node
 from .Proxy import proxy_call
-
-if TYPE_CHECKING:
-    from .Node import Node
 
 #: Names of torch functions and tensor methods that act on something besides their result.
 _ACTING_NAMES = frozenset(
@@ -49,9 +51,24 @@ def has_effect(node: Node) -> bool:
     target = node.target
     if isinstance(target, str):
         return target not in ("argument", "grad")
-    if target is proxy_call or not pure_target(target) or "out" in node.kwargs:
+    if "out" in node.kwargs:
+        return True
+    if target is proxy_call:
+        return not _pure_method_call(node)
+    if not pure_target(target):
         return True
     return _acts(target)
+
+
+def _pure_method_call(node: Node) -> bool:
+    """Whether a ``proxy_call`` node calls a non-in-place tensor method by name."""
+    callee = node.args[0] if node.args else None
+    if not isinstance(callee, Node) or callee.target is not getattr or len(callee.args) < 2:
+        return False
+    name = callee.args[1]
+    if not isinstance(name, str) or name.endswith("_") or name in _ACTING_NAMES:
+        return False
+    return callable(getattr(torch.Tensor, name, None))
 
 
 def _acts(target: Any) -> bool:

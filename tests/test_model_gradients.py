@@ -1,0 +1,99 @@
+"""Gradients inside a trace: ``.grad`` read and set, ``.backward()`` traced in the block,
+checked against ``torch.autograd.grad`` and gradient hooks."""
+
+from __future__ import annotations
+
+import torch
+from model_helpers import mlp, outputs_of
+
+from nnsight import NNsight
+
+
+def test_grad_of_an_activation_matches_autograd() -> None:
+    net = mlp()
+    model = NNsight(net)
+    x = torch.randn(3, 8)
+    with model.trace(x):
+        grad = model[2].output.grad.save()
+        model.output.sum().backward()
+    kept = outputs_of(net, [net[2]], x)  # a fresh forward for the oracle
+    out = []
+    handle = net[2].register_forward_hook(lambda m, a, o: out.append(o))
+    try:
+        loss = net(x).sum()
+    finally:
+        handle.remove()
+    (expected,) = torch.autograd.grad(loss, out[0])
+    assert torch.allclose(grad.value, expected)
+    assert kept[0][0].shape == grad.shape
+    net.zero_grad()
+
+
+def test_setting_grad_replaces_the_gradient_flowing_back() -> None:
+    net = mlp()
+    model = NNsight(net)
+    x = torch.randn(3, 8)
+    with model.trace(x):
+        hidden = model[2].output
+        hidden.grad = hidden.grad * 0
+        model.output.sum().backward()
+    ours = net[0].weight.grad.clone()
+    net.zero_grad()
+
+    def zero_grad_hook(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
+        out.register_hook(lambda g: g * 0)
+
+    handle = net[2].register_forward_hook(zero_grad_hook)
+    try:
+        net(x).sum().backward()
+    finally:
+        handle.remove()
+    assert torch.equal(ours, net[0].weight.grad)
+    assert torch.all(ours == 0)
+    net.zero_grad()
+
+
+def test_gradients_of_two_invokes_are_their_own_rows() -> None:
+    net = mlp()
+    model = NNsight(net)
+    a, b = torch.randn(2, 8), torch.randn(3, 8)
+    with model.trace() as tracer:
+        with tracer.invoke(a):
+            grad_a = model[2].output.grad.save()
+        with tracer.invoke(b):
+            grad_b = model[2].output.grad.save()
+            model.output.sum().backward()  # b's rows of the output only
+    out = []
+    handle = net[2].register_forward_hook(lambda m, args, o: out.append(o))
+    try:
+        loss = net(torch.cat([a, b]))[2:].sum()
+    finally:
+        handle.remove()
+    (expected,) = torch.autograd.grad(loss, out[0])
+    assert torch.allclose(grad_b.value, expected[2:])
+    assert torch.equal(grad_a.value, expected[:2])  # zero: a's rows do not reach b's loss
+    assert torch.all(grad_a.value == 0) and not torch.all(grad_b.value == 0)
+    net.zero_grad()
+
+
+def test_a_loss_over_both_invokes_reaches_both_invokes_rows() -> None:
+    net = mlp()
+    model = NNsight(net)
+    a, b = torch.randn(2, 8), torch.randn(3, 8)
+    with model.trace() as tracer:
+        with tracer.invoke(a):
+            grad_a = model[2].output.grad.save()
+            out_a = model.output
+        with tracer.invoke(b):
+            grad_b = model[2].output.grad.save()
+            (out_a.sum() + model.output.sum()).backward()
+    out = []
+    handle = net[2].register_forward_hook(lambda m, args, o: out.append(o))
+    try:
+        loss = net(torch.cat([a, b])).sum()
+    finally:
+        handle.remove()
+    (expected,) = torch.autograd.grad(loss, out[0])
+    assert torch.allclose(grad_a.value, expected[:2])
+    assert torch.allclose(grad_b.value, expected[2:])
+    net.zero_grad()
