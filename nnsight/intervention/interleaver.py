@@ -9,7 +9,6 @@ and a swap made ready by it replaces those rows before the model goes on.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +20,15 @@ from ..tracing._source import format_source
 from .batching import Rows, narrow, rebuild_like, splice
 from .envoy import spell_path
 from .graph import InterventionGraph
+from .hooks import HookSet
 
 #: One argument node waiting for a module call, with the rows of its invoke.
 Entry = tuple[Node, Rows]
+
+
+#: An argument node the tracer made for a module's input or output at one call:
+#: ``(path, "input" | "output", call, node, start row, rows)``.
+Request = tuple[str, str, int, Node, int, int]
 
 
 class Interleaver:
@@ -31,67 +36,61 @@ class Interleaver:
 
     Args:
         graph: The trace's graph, compiled for this run.
-        modules: Module of each envoy path that the graph uses.
+        requests: The argument nodes envoys made, in the order they were made.
+        modules: Module of each envoy path.
         invoke_rows: Rows of every invoke, in batch order (for gradient-carrying rebuilds).
     """
 
     def __init__(
         self,
         graph: InterventionGraph,
+        requests: list[Request],
         modules: dict[str, torch.nn.Module],
         invoke_rows: list[Rows],
     ) -> None:
         self.graph = graph
         self.modules = modules
         self.invoke_rows = invoke_rows
-        # path -> kind -> call -> entries
-        self.plan: dict[str, dict[str, dict[int, list[Entry]]]] = defaultdict(
-            lambda: {"input": {}, "output": {}}
-        )
-        self.calls: dict[tuple[str, str], int] = defaultdict(int)
-        self._handles: list[Any] = []
-        for key, names in graph.argument_node_names.items():
-            parsed = _parse_key(key)
-            if parsed is None:
-                continue
-            path, kind, call = parsed
-            entries = self.plan[path][kind].setdefault(call, [])
-            for name in names:
-                node = graph.nodes[name]
-                _, size, start = node.args
-                entries.append((node, Rows(start, size, invoke_rows[0].total)))
+        self.joins = graph.has_grads and len(invoke_rows) > 1
+        total = invoke_rows[0].total
+        # (path, kind) -> call -> entries
+        self.plan: dict[tuple[str, str], dict[int, list[Entry]]] = {}
+        for path, kind, call, node, start, size in requests:
+            by_call = self.plan.setdefault((path, kind), {})
+            by_call.setdefault(call, []).append((node, Rows(start, size, total)))
+        self.calls: dict[tuple[str, str], int] = dict.fromkeys(self.plan, 0)
+        self._hooks = HookSet()
 
     # ----- hooks ------------------------------------------------------------------------------
 
     def __enter__(self) -> Interleaver:
         try:
-            for path, kinds in self.plan.items():
+            for path, kind in self.plan:
                 module = self.modules[path]
-                if kinds["input"]:
-                    self._handles.append(
-                        module.register_forward_pre_hook(self._input_hook(path), with_kwargs=True)
-                    )
-                if kinds["output"]:
-                    self._handles.append(module.register_forward_hook(self._output_hook(path)))
+                if kind == "input":
+                    self._hooks.forward_pre(module, self._input_hook(path))
+                else:
+                    self._hooks.forward(module, self._output_hook(path))
         except BaseException:
-            self.__exit__()
+            self._hooks.remove()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove()
 
     def _input_hook(self, path: str) -> Callable[..., Any]:
-        entries_by_call = self.plan[path]["input"]
+        key = (path, "input")
+        by_call = self.plan[key]
+        calls = self.calls
 
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            call = self._count(path, "input")
-            entries = entries_by_call.get(call)
+            call = calls[key]
+            calls[key] = call + 1
+            entries = by_call.get(call)
             if entries is None:
                 return None
-            new = self._intervene(entries, (args, kwargs), path, "input", call)
+            new = self._intervene(entries, (args, kwargs), key, call)
             if new is None:
                 return None
             new_args, new_kwargs = new
@@ -100,40 +99,39 @@ class Interleaver:
         return hook
 
     def _output_hook(self, path: str) -> Callable[..., Any]:
-        entries_by_call = self.plan[path]["output"]
+        key = (path, "output")
+        by_call = self.plan[key]
+        calls = self.calls
 
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-            call = self._count(path, "output")
-            entries = entries_by_call.get(call)
+            call = calls[key]
+            calls[key] = call + 1
+            entries = by_call.get(call)
             if entries is None:
                 return None
-            return self._intervene(entries, output, path, "output", call)
+            return self._intervene(entries, output, key, call)
 
         return hook
-
-    def _count(self, path: str, kind: str) -> int:
-        key = (path, kind)
-        call = self.calls[key]
-        self.calls[key] = call + 1
-        return call
 
     # ----- one module call --------------------------------------------------------------------
 
     def _intervene(
-        self, entries: list[Entry], activation: Any, path: str, kind: str, call: int
+        self, entries: list[Entry], activation: Any, key: tuple[str, str], call: int
     ) -> Any | None:
         """Feeds the call's value to its argument nodes; returns the value the model should go
         on with, or None to keep the original."""
         graph = self.graph
+        core = graph._core
         original = activation
         pieces: dict[int, Any] = {}
         for node, rows in entries:
-            view = narrow(activation, rows)
+            view = activation if rows.whole else narrow(activation, rows)
             node.set_value(view)
             pieces[rows.start] = view
-            swap_id = graph._core.swap()
+            swap_id = core.swap()
             if swap_id is None:
                 continue
+            path, kind = key
             swap = graph._nodes[swap_id]
             if not swap.args or swap.args[0] is not node:
                 raise ExecutionError(
@@ -149,7 +147,7 @@ class Interleaver:
             except TracingError as exc:
                 raise ExecutionError(str(exc), swap.name) from None
             pieces[rows.start] = narrow(activation, rows)
-        if graph.has_grads and len(self.invoke_rows) > 1 and torch.is_grad_enabled():
+        if self.joins and torch.is_grad_enabled():
             # Gradients reach a hook on an invoke's rows only if the model computes from those
             # very views: rebuild the batch from them.
             activation = _join(activation, pieces, self.invoke_rows)
@@ -159,12 +157,11 @@ class Interleaver:
         """Argument nodes whose module call never happened (``.next()`` past the last call),
         for those that anything live still needs."""
         missing = []
-        for path, kinds in self.plan.items():
-            for kind, entries_by_call in kinds.items():
-                made = self.calls[(path, kind)]
-                for call, entries in entries_by_call.items():
-                    if call >= made:
-                        missing.extend(node for node, _ in entries if node.remaining_listeners)
+        for key, by_call in self.plan.items():
+            made = self.calls[key]
+            for call, entries in by_call.items():
+                if call >= made:
+                    missing.extend(node for node, _ in entries if node.remaining_listeners)
         return missing
 
 
@@ -192,15 +189,6 @@ def _concat(original: Any, parts: list[Any], total: int) -> Any:
             {key: _concat(item, [p[key] for p in parts], total) for key, item in original.items()},
         )
     return original
-
-
-def _parse_key(key: str) -> tuple[str, str, int] | None:
-    """``(path, kind, call)`` of an argument key ``<path>.<output|input>.<call>``."""
-    head, _, call = key.rpartition(".")
-    path, _, kind = head.rpartition(".")
-    if kind not in ("output", "input") or not call.isdigit():
-        return None
-    return path, kind, int(call)
 
 
 def _what(swap: Node, path: str, kind: str) -> str:

@@ -29,8 +29,10 @@ class InterventionProxy(Proxy):
     __slots__ = ()
 
     def save(self) -> InterventionProxy:
-        super().save()
-        self._graph().saved.append(self)
+        node = self.node
+        graph = node.graph
+        graph.add("null", None, [node])
+        graph.saved.append(self)  # type: ignore[attr-defined]
         return self
 
     def _graph(self) -> InterventionGraph:

@@ -18,7 +18,7 @@ from ..tracing._source import format_source, user_source
 from .batching import Rows, batch_size_of, combine
 from .envoy import Envoy, spell_path
 from .graph import InterventionGraph
-from .interleaver import Interleaver
+from .interleaver import Interleaver, Request
 from .proxy import InterventionProxy, SavedProxy
 from .scan import ScannedValue
 
@@ -37,6 +37,8 @@ class Invoke:
     kwargs: dict[str, Any]
     start: int
     size: int
+    #: What the scan runs the model with: the invoke's kwargs and the trace's forward kwargs.
+    scan_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Invoker:
@@ -92,6 +94,7 @@ class Tracer:
         self._invoke: Invoke | None = None
         self._calls: dict[str, int] = {}
         self._values: dict[tuple[str, str, int, int], InterventionProxy] = {}
+        self._requests: list[Request] = []
         self._source = user_source(2)
 
     # ----- the block --------------------------------------------------------------------------
@@ -117,6 +120,7 @@ class Tracer:
             self.graph.tracing = False
             self.model._session.tracer = None
             self._values.clear()
+            self._requests.clear()
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
         """A block whose interventions apply to these inputs' rows of the batch."""
@@ -143,7 +147,14 @@ class Tracer:
             )
             raise TracingError(f"invokes cannot be nested, at {format_source(user_source())}{hint}")
         start = sum(invoke.size for invoke in self._invokes)
-        invoke = Invoke(len(self._invokes), args, kwargs, start, batch_size_of((args, kwargs)))
+        invoke = Invoke(
+            len(self._invokes),
+            args,
+            kwargs,
+            start,
+            batch_size_of((args, kwargs)),
+            {**kwargs, **self._forward_kwargs},
+        )
         self._invokes.append(invoke)
         self._invoke = invoke
         return invoke
@@ -169,7 +180,7 @@ class Tracer:
                 value = ScannedValue(
                     self.model._scanner,
                     invoke.args,
-                    {**invoke.kwargs, **self._forward_kwargs},
+                    invoke.scan_kwargs,
                     (envoy.path, kind, call),
                     self.graph._fake,
                 )
@@ -179,6 +190,7 @@ class Tracer:
                 args=[f"{envoy.path}.{kind}.{call}", invoke.size, invoke.start],
             )
             self._values[key] = proxy  # type: ignore[assignment]
+            self._requests.append((envoy.path, kind, call, proxy.node, invoke.start, invoke.size))
         return proxy  # type: ignore[return-value]
 
     def set_module_value(self, envoy: Envoy, kind: str, value: Any) -> None:
@@ -227,7 +239,7 @@ class Tracer:
         total = sum(invoke.size for invoke in self._invokes)
         rows = [Rows(invoke.start, invoke.size, total) for invoke in self._invokes]
         graph.eliminate_dead_code()
-        interleaver = Interleaver(graph, self.model._modules_by_path, rows)
+        interleaver = Interleaver(graph, self._requests, self.model._modules_by_path, rows)
         module = self.model._model
         try:
             with interleaver:
@@ -254,8 +266,7 @@ def _has_rows(value: Any) -> bool:
 def _unreached_message(missing: list[Any], interleaver: Interleaver) -> str:
     lines = []
     for node in missing:
-        key = node.args[0]
-        head, _, call = key.rpartition(".")
+        head, _, call = node.args[0].rpartition(".")
         path, _, kind = head.rpartition(".")
         made = interleaver.calls[(path, kind)]
         lines.append(

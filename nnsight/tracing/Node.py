@@ -104,14 +104,12 @@ class Node:
         """The body of ``__init__``; ``Graph.add`` calls it on a bare instance, which skips the
         constructor's dispatch on the hot path."""
         core: GraphCore = graph._core
-        linked = None
-        if not isinstance(target, str):
-            # The core copies and scans the top-level arguments itself; None: a container
-            # holds a node, proxy or tensor, and our walk must take over.
-            try:
-                linked = core.add_linked(name, target, args, kwargs)
-            except ForeignNode:
-                linked = None  # the walk below resolves finished nodes or raises
+        # The core copies and scans the top-level arguments itself; None: a container holds
+        # a node, proxy or tensor, or the target is a method name, and our walk takes over.
+        try:
+            linked = core.add_linked(name, target, args, kwargs)
+        except ForeignNode:
+            linked = None  # the walk below resolves finished nodes or raises
         if linked is None:
             args = [] if args is None else list(args)
             kwargs = {} if kwargs is None else dict(kwargs)
@@ -360,6 +358,12 @@ def _proxy_value(item: Proxy | Node) -> Any:
     return item.node.proxy_value if isinstance(item, Proxy) else item.proxy_value
 
 
+#: Argument types ``_add_walked`` links without walking: plain values, and nodes and proxies
+#: (subclasses of Proxy are checked with isinstance by the walk instead).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+_ATOMS = _PLAIN | {Node, Proxy}
+
+
 def _add_walked(
     core: GraphCore,
     name: str | None,
@@ -380,7 +384,10 @@ def _add_walked(
         deps.append(node.id)
         return node
 
-    args, kwargs = map_structure((args, kwargs), link, (Proxy, Node))
+    if kwargs or any(type(arg) not in _ATOMS for arg in args):
+        args, kwargs = map_structure((args, kwargs), link, (Proxy, Node))
+    else:  # flat arguments (reserved targets' usual case): no walk needed
+        args = [arg if type(arg) in _PLAIN else link(arg) for arg in args]
     kind = RESERVED_TARGETS.get(target, "op") if isinstance(target, str) else "op"
     argument_key = None
     if kind == "argument":

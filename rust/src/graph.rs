@@ -19,6 +19,8 @@
 //! Re-entrant hosts use *frames*: each drain only pops entries above the stack depth it started
 //! at, so a value set from inside a running node executes exactly what it made ready.
 
+use std::collections::HashMap;
+
 use crate::error::GraphError;
 use crate::names::Names;
 
@@ -91,6 +93,9 @@ pub struct Graph<V> {
     values: Vec<Option<V>>,
     /// Argument key -> the `argument` nodes registered under it, keys in first-use order.
     arguments: Vec<(String, Vec<NodeId>)>,
+    /// Argument key -> its slot in `arguments` (a trace makes one key per module call).
+    argument_slots: HashMap<String, usize>,
+    root: Option<NodeId>,
     /// Nodes with no dependencies that execute: run by [`Graph::compile`].
     roots: Vec<NodeId>,
     ready: Vec<NodeId>,
@@ -175,6 +180,8 @@ impl<V> Graph<V> {
             remaining: Vec::new(),
             values: Vec::new(),
             arguments: Vec::new(),
+            argument_slots: HashMap::new(),
+            root: None,
             roots: Vec::new(),
             ready: Vec::new(),
             swap: None,
@@ -220,7 +227,7 @@ impl<V> Graph<V> {
             },
             _ => None,
         };
-        if argument_key == Some(ROOT_ARGUMENT) && self.argument_slot(ROOT_ARGUMENT).is_some() {
+        if argument_key == Some(ROOT_ARGUMENT) && self.root.is_some() {
             return Err(GraphError::SecondRoot);
         }
 
@@ -251,9 +258,16 @@ impl<V> Graph<V> {
         self.remaining.push(Counts::default());
         self.values.push(None);
         if let Some(key) = argument_key {
-            match self.argument_slot(key) {
-                Some(slot) => self.arguments[slot].1.push(id),
-                None => self.arguments.push((key.to_owned(), vec![id])),
+            if key == ROOT_ARGUMENT {
+                self.root = Some(id);
+            }
+            match self.argument_slots.get(key) {
+                Some(&slot) => self.arguments[slot].1.push(id),
+                None => {
+                    self.argument_slots
+                        .insert(key.to_owned(), self.arguments.len());
+                    self.arguments.push((key.to_owned(), vec![id]));
+                }
             }
         }
         Ok(id)
@@ -491,10 +505,6 @@ impl<V> Graph<V> {
         }
     }
 
-    fn argument_slot(&self, key: &str) -> Option<usize> {
-        self.arguments.iter().position(|(k, _)| k == key)
-    }
-
     // ----- accessors -------------------------------------------------------------------------
 
     pub fn value(&self, id: NodeId) -> Result<Option<&V>, GraphError> {
@@ -576,8 +586,7 @@ impl<V> Graph<V> {
 
     /// The root-module argument node, once added.
     pub fn root(&self) -> Option<NodeId> {
-        self.argument_slot(ROOT_ARGUMENT)
-            .and_then(|slot| self.arguments[slot].1.first().copied())
+        self.root
     }
 
     pub fn swap(&self) -> Option<NodeId> {

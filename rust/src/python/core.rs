@@ -376,13 +376,15 @@ impl PyGraphCore {
         }
     }
 
-    /// Adds an op node whose arguments are scanned here, in one call: the node is named after
+    /// Adds a node whose arguments are scanned here, in one call: the node is named after
     /// `target.__name__` (else its type's name), `args` (a list, a tuple or None) and `kwargs`
     /// (a dict or None) are copied, proxies in them are replaced by their nodes, nodes become
-    /// dependencies and fast-call slots, and the core calls the target itself. Returns
-    /// `(id, args, kwargs)` with the linked copies, or None (nothing added) when a container
-    /// holds nodes, proxies or tensors: the Python side then walks the arguments and calls
-    /// `add_node`. A node of another graph raises `ForeignNode(node)`.
+    /// dependencies and fast-call slots, and the core calls the target itself. A reserved
+    /// target name (`argument`, `swap`, `null`, `grad`) makes a node of that kind, which the
+    /// core does not call. Returns `(id, args, kwargs)` with the linked copies, or None
+    /// (nothing added) when a container holds nodes, proxies or tensors, when the target is a
+    /// method name, or when an `argument` node lacks a string key: the Python side then walks
+    /// the arguments and calls `add_node`. A node of another graph raises `ForeignNode(node)`.
     #[pyo3(signature = (name, target, args=None, kwargs=None))]
     fn add_linked<'py>(
         slf: &Bound<'py, Self>,
@@ -392,6 +394,13 @@ impl PyGraphCore {
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Option<Linked<'py>>> {
         let py = slf.py();
+        let kind = match target.cast::<PyString>() {
+            Ok(reserved) => match parse_kind(reserved.to_str()?) {
+                Ok(Kind::Op) | Err(_) => return Ok(None), // a method name: the walk handles it
+                Ok(kind) => kind,
+            },
+            Err(_) => Kind::Op,
+        };
         let args = match args {
             None => PyList::empty(py),
             Some(args) => match args.cast::<PyList>() {
@@ -434,12 +443,29 @@ impl PyGraphCore {
                 None => return Ok(None),
             }
         }
-        let target_name = target_name(&target)?;
+        let argument_key = match kind {
+            Kind::Argument => match args.get_item(0).ok().map(|key| key.cast_into::<PyString>()) {
+                Some(Ok(key)) => Some(key),
+                _ => return Ok(None), // the walk raises the error naming the bad key
+            },
+            _ => None,
+        };
+        let argument_key = match &argument_key {
+            Some(key) => Some(key.to_str()?),
+            None => None,
+        };
+        let target_name = match kind {
+            Kind::Op => target_name(&target)?,
+            _ => target.cast_into::<PyString>()?,
+        };
         let mut this = slf.borrow_mut();
         let id = this
             .graph
-            .add_node(name, target_name.to_str()?, Kind::Op, &deps, None)?;
-        this.plans.push(Plan::Call(plan));
+            .add_node(name, target_name.to_str()?, kind, &deps, argument_key)?;
+        this.plans.push(match kind {
+            Kind::Op => Plan::Call(plan),
+            _ => Plan::Python,
+        });
         Ok(Some((i64::from(id), args, kwargs)))
     }
 

@@ -1,0 +1,63 @@
+"""Registering and removing forward hooks for one run, cheaply.
+
+``register_forward_hook`` builds a ``RemovableHandle`` with weak references per hook, which
+costs ~10 µs: on a trace that hooks 32 modules that is a third of the per-trace overhead. This
+writes the hook into the module's hook dictionaries directly, with ids from torch's own
+counter, exactly as ``register_forward_hook`` / ``register_forward_pre_hook(with_kwargs=True)``
+do, and removes them in one sweep. A module without those dictionaries (a future torch) falls
+back to the public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+
+class HookSet:
+    """Hooks added for one run; :meth:`remove` takes every one of them out again."""
+
+    __slots__ = ("_entries", "_handles")
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[dict[int, Any], ...] | tuple[Any, ...]] = []
+        self._handles: list[RemovableHandle] = []
+
+    def forward(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
+        hooks = getattr(module, "_forward_hooks", None)
+        if not isinstance(hooks, dict):
+            self._handles.append(module.register_forward_hook(hook))
+            return
+        hook_id = _next_id()
+        hooks[hook_id] = hook
+        self._entries.append((hook_id, hooks))
+
+    def forward_pre(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
+        """A pre-hook called as ``hook(module, args, kwargs)``."""
+        hooks = getattr(module, "_forward_pre_hooks", None)
+        with_kwargs = getattr(module, "_forward_pre_hooks_with_kwargs", None)
+        if not isinstance(hooks, dict) or not isinstance(with_kwargs, dict):
+            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            return
+        hook_id = _next_id()
+        hooks[hook_id] = hook
+        with_kwargs[hook_id] = True
+        self._entries.append((hook_id, hooks, with_kwargs))
+
+    def remove(self) -> None:
+        for hook_id, *dicts in self._entries:
+            for table in dicts:
+                table.pop(hook_id, None)
+        self._entries.clear()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _next_id() -> int:
+    hook_id = RemovableHandle.next_id
+    RemovableHandle.next_id += 1
+    return hook_id
