@@ -184,3 +184,36 @@ def test_print_graph_lists_names_targets_args_and_lines() -> None:
     text = str(tracer.graph)
     assert "%mul_0 = mul(%argument_1, 3)" in text
     assert "test_model_trace.py:" in text
+
+
+class PairOut(torch.nn.Module):
+    """A module with a tuple output, as GPT-2 blocks have in transformers 4.x."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, x.sum(-1)
+
+
+class PairNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair = PairOut()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        doubled, total = self.pair(x)
+        return doubled + total[:, None]
+
+
+def test_unpacking_a_tuple_output_and_swapping_it_per_invoke() -> None:
+    net = PairNet()
+    model = NNsight(net)
+    a, b = torch.randn(2, 3), torch.randn(1, 3)
+    with model.trace() as tracer:
+        with tracer.invoke(a):
+            new, *rest = model.pair.output  # length known from the scan
+            model.pair.output = (new * 0, *rest)
+            out_a = model.output.save()
+        with tracer.invoke(b):
+            out_b = model.output.save()
+    with hooked(net.pair, lambda m, i, o: (o[0] * 0, *o[1:])):
+        assert torch.allclose(out_a.value, net(a))
+    assert torch.allclose(out_b.value, net(b))

@@ -43,6 +43,19 @@ class InterventionProxy(Proxy):
         """The gradient of this value, as a proxy (one ``grad`` node per proxy)."""
         return self._graph().grad_of(self)
 
+    def __getitem__(self, key: Any) -> Proxy:
+        # An item of a tuple or list whose proxy value is already known (an unpacked module
+        # output) keeps a known proxy value without validation, so `*rest` unpacks.
+        node = self.node
+        known = node._proxy_value
+        if type(known) in (tuple, list) and type(key) in (int, slice):
+            try:
+                value = known[key]
+            except IndexError:
+                value = _EMPTY
+            return node.graph.add(operator.getitem, value, [node, key])
+        return super().__getitem__(key)
+
     @property
     def shape(self) -> Any:
         """The shape, known while tracing from the proxy value (``torch.Size``); traced like
