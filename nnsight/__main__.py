@@ -93,6 +93,23 @@ def main() -> None:
     report("h[1].output.grad", grad.value, plain_grad)
 
     net.zero_grad()
+
+    # 5. Under the hood: the graph of a small trace, and what ran and was freed when.
+    print("\n5. the intervention graph of one trace, and its run")
+    with torch.no_grad(), model.trace(clean) as tracer:
+        tracer.graph.record_events()
+        hidden = model.transformer.h[0].output
+        unused = hidden.norm()  # never saved or used: eliminated, never runs
+        scaled = (hidden * 2).save()
+        model.transformer.h[1].output[:] = scaled
+    print("\n".join("  " + line.split("  #")[0] for line in str(tracer.graph).splitlines()))
+    events = tracer.graph.take_events()
+    print("  run: " + ", ".join(f"{kind} {name}" for kind, name in events))
+    ran = {name for kind, name in events if kind == "execute"}
+    print(f"  '{unused.node.name}' was eliminated: {unused.node.name not in ran}")
+    if unused.node.name in ran:
+        failures.append("dead code ran")
+
     if failures:
         raise SystemExit(f"differs from plain PyTorch: {failures}")
     print("\nall results match plain PyTorch")

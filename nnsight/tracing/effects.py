@@ -55,9 +55,22 @@ def has_effect(node: Node) -> bool:
         return True
     if target is proxy_call:
         return not _pure_method_call(node)
-    if not pure_target(target):
+    try:
+        if target in _PURE_TARGETS:
+            return False
+    except TypeError:  # unhashable target
+        pass
+    if not pure_target(target) or _acts(target):
         return True
-    return _acts(target)
+    if len(_PURE_TARGETS) < 4096:
+        _PURE_TARGETS.add(target)
+    return False
+
+
+#: Effect-free targets seen so far: torch and operator functions and tensor methods, which
+#: live as long as their modules anyway (targets with effects, which may be user closures
+#: holding tensors, are never kept).
+_PURE_TARGETS: set[Any] = set()
 
 
 def _pure_method_call(node: Node) -> bool:
