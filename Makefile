@@ -42,6 +42,10 @@ test: lint test-rust test-python ## everything CI runs: lints, Rust tests, Pytho
 bench: install ## Python benchmark of the public API against the pure-Python reference
 	$(PY) benches/bench_tracing.py
 
+.PHONY: bench-models
+bench-models: install ## End-to-end model benchmarks: traces vs plain forward hooks
+	$(PY) benches/bench_models.py
+
 .PHONY: bench-rust
 bench-rust: ## criterion benchmark of the scheduler (node completions per second)
 	cargo bench --bench scheduler
