@@ -127,3 +127,20 @@ def test_an_error_raised_by_the_model_itself_removes_hooks_and_frees_values() ->
     del saved
     gc.collect()
     assert ref is None or ref() is None
+
+
+def test_validate_reports_shape_errors_at_the_users_line_before_running() -> None:
+    from nnsight import ValidationError
+
+    net = mlp()
+    model = NNsight(net)
+    calls: list[int] = []
+    net.register_forward_pre_hook(lambda m, a: calls.append(1))
+    with pytest.raises(ValidationError, match=rf"matmul.*{HERE}"):
+        with model.trace(torch.randn(2, 8), validate=True):
+            model[0].output @ torch.ones(3, 3)
+    assert calls == [1]  # the scan's fake forward only: the real model never ran
+    net._forward_pre_hooks.clear()
+    with model.trace(torch.randn(2, 8), validate=True):
+        shape = (model[0].output @ torch.ones(8, 3)).shape
+    assert shape == (2, 3)

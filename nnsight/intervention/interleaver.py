@@ -122,11 +122,12 @@ class Interleaver:
         on with, or None to keep the original."""
         graph = self.graph
         core = graph._core
+        nodes = graph._nodes
         original = activation
         pieces: dict[int, Any] = {}
         for node, rows in entries:
             view = activation if rows.whole else narrow(activation, rows)
-            node.set_value(view)
+            core.set_value(node.id, view, nodes)  # Node.set_value, minus two Python frames
             pieces[rows.start] = view
             swap_id = core.swap()
             if swap_id is None:

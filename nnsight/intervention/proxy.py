@@ -30,7 +30,7 @@ class InterventionProxy(Proxy):
 
     def save(self) -> InterventionProxy:
         node = self.node
-        graph = node.graph
+        graph = node._graph_ref() or node.graph  # .graph raises the clear error if gone
         graph.add("null", None, [node])
         graph.saved.append(self)  # type: ignore[attr-defined]
         return self

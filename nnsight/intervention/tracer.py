@@ -170,7 +170,9 @@ class Tracer:
 
     def module_value(self, envoy: Envoy, kind: str) -> InterventionProxy:
         """The proxy of ``envoy``'s input or output at its current call, for this invoke."""
-        invoke = self._current_invoke(envoy, kind)
+        invoke = self._invoke
+        if invoke is None:
+            invoke = self._current_invoke(envoy, kind)  # raises the error
         call = self._calls.get(envoy.path, 0)
         key = (envoy.path, kind, call, invoke.index)
         proxy = self._values.get(key)
