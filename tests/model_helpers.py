@@ -58,6 +58,21 @@ def outputs_of(model: nn.Module, modules: list[nn.Module], *inputs: Any) -> list
     return seen
 
 
+def grad_at(
+    model: nn.Module, module: nn.Module, inputs: Any, loss: Callable[[Any], torch.Tensor]
+) -> Any:
+    """``torch.autograd.grad`` of ``loss(model(inputs))`` with respect to ``module``'s
+    output (its first tensor when the output is a tuple), for an independent check."""
+    seen: list[Any] = []
+    handle = module.register_forward_hook(lambda mod, args, out: seen.append(out))
+    try:
+        result = loss(model(inputs))
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(result, hidden(seen[0]))
+    return grad
+
+
 def hook_count(model: nn.Module) -> int:
     """Hooks registered anywhere in ``model``."""
     return sum(

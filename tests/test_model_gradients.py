@@ -4,7 +4,7 @@ checked against ``torch.autograd.grad`` and gradient hooks."""
 from __future__ import annotations
 
 import torch
-from model_helpers import mlp, outputs_of
+from model_helpers import grad_at, mlp, outputs_of
 
 from nnsight import NNsight
 
@@ -16,16 +16,9 @@ def test_grad_of_an_activation_matches_autograd() -> None:
     with model.trace(x):
         grad = model[2].output.grad.save()
         model.output.sum().backward()
-    kept = outputs_of(net, [net[2]], x)  # a fresh forward for the oracle
-    out = []
-    handle = net[2].register_forward_hook(lambda m, a, o: out.append(o))
-    try:
-        loss = net(x).sum()
-    finally:
-        handle.remove()
-    (expected,) = torch.autograd.grad(loss, out[0])
+    expected = grad_at(net, net[2], x, lambda out: out.sum())
     assert torch.allclose(grad.value, expected)
-    assert kept[0][0].shape == grad.shape
+    assert outputs_of(net, [net[2]], x)[0][0].shape == grad.shape
     net.zero_grad()
 
 
@@ -63,13 +56,7 @@ def test_gradients_of_two_invokes_are_their_own_rows() -> None:
         with tracer.invoke(b):
             grad_b = model[2].output.grad.save()
             model.output.sum().backward()  # b's rows of the output only
-    out = []
-    handle = net[2].register_forward_hook(lambda m, args, o: out.append(o))
-    try:
-        loss = net(torch.cat([a, b]))[2:].sum()
-    finally:
-        handle.remove()
-    (expected,) = torch.autograd.grad(loss, out[0])
+    expected = grad_at(net, net[2], torch.cat([a, b]), lambda out: out[2:].sum())
     assert torch.allclose(grad_b.value, expected[2:])
     assert torch.equal(grad_a.value, expected[:2])  # zero: a's rows do not reach b's loss
     assert torch.all(grad_a.value == 0) and not torch.all(grad_b.value == 0)
@@ -87,13 +74,7 @@ def test_a_loss_over_both_invokes_reaches_both_invokes_rows() -> None:
         with tracer.invoke(b):
             grad_b = model[2].output.grad.save()
             (out_a.sum() + model.output.sum()).backward()
-    out = []
-    handle = net[2].register_forward_hook(lambda m, args, o: out.append(o))
-    try:
-        loss = net(torch.cat([a, b])).sum()
-    finally:
-        handle.remove()
-    (expected,) = torch.autograd.grad(loss, out[0])
+    expected = grad_at(net, net[2], torch.cat([a, b]), lambda out: out.sum())
     assert torch.allclose(grad_a.value, expected[:2])
     assert torch.allclose(grad_b.value, expected[2:])
     net.zero_grad()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import hidden, hook_count, outputs_of
+from model_helpers import grad_at, hidden, hook_count, outputs_of
 
 from nnsight import NNsight
 
@@ -138,12 +138,6 @@ def test_gradient_of_a_block_output_matches_autograd(net: torch.nn.Module) -> No
         states = out[0] if isinstance(out.node.proxy_value, tuple) else out
         grad = states.grad.save()
         model.output.logits[0, -1].max().backward()
-    kept: list[object] = []
-    handle = blocks(net)[1].register_forward_hook(lambda m, a, o: kept.append(o))
-    try:
-        loss = net(ids).logits[0, -1].max()
-    finally:
-        handle.remove()
-    (expected,) = torch.autograd.grad(loss, hidden(kept[0]))
+    expected = grad_at(net, blocks(net)[1], ids, lambda out: out.logits[0, -1].max())
     assert torch.allclose(grad.value, expected, atol=1e-6)
     net.zero_grad()
