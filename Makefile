@@ -20,12 +20,14 @@ demo: install ## run the demo: build a graph by hand, run it, show what ran and 
 	$(PY) -m nnsight
 
 .PHONY: lint
-lint: install ## rustfmt, clippy (with and without the bindings), ruff
+lint: install ## rustfmt, clippy (with and without the bindings), ruff, mypy, stubtest of _core.pyi
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features python --lib -- -D warnings
 	$(PY) -m ruff check nnsight tests benches
 	$(PY) -m ruff format --check nnsight tests benches
+	$(PY) -m mypy nnsight
+	$(PY) -m mypy.stubtest nnsight._core
 
 .PHONY: test-rust
 test-rust: ## Rust unit tests of the pure graph core (no Python needed)

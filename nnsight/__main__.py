@@ -31,6 +31,7 @@ def main() -> None:
     corrupt = clean.clone()
     corrupt[0, 2] = (corrupt[0, 2] + 7) % net.config.vocab_size
     failures: list[str] = []
+    blocks: list[torch.nn.Module] = list(net.transformer.h)
 
     def report(what: str, ours: torch.Tensor, plain: torch.Tensor) -> None:
         same = torch.allclose(ours, plain, atol=1e-5)
@@ -44,7 +45,7 @@ def main() -> None:
     print("1. save every block's output")
     with torch.no_grad(), model.trace(clean):
         saved = [block.output.save() for block in model.transformer.h]
-    for i, block in enumerate(net.transformer.h):
+    for i, block in enumerate(blocks):
         kept: list[torch.Tensor] = []
         _hooked(block, lambda m, a, out: kept.append(out), lambda: net(clean))  # noqa: B023
         report(f"transformer.h[{i}].output", saved[i].value, kept[0])
@@ -60,14 +61,14 @@ def main() -> None:
             patched = model.lm_head.output.save()
     with torch.no_grad():
         kept = []
-        _hooked(net.transformer.h[layer], lambda m, a, out: kept.append(out), lambda: net(clean))
+        _hooked(blocks[layer], lambda m, a, out: kept.append(out), lambda: net(clean))
 
         def patch(module: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
             out = out.clone()
             out[:, position] = kept[0][:, position]
             return out
 
-        plain = _hooked(net.transformer.h[layer], patch, lambda: net(corrupt))
+        plain = _hooked(blocks[layer], patch, lambda: net(corrupt))
     report("patched logits", patched.value, plain)
 
     # 3. Zero an MLP's output.
@@ -77,7 +78,9 @@ def main() -> None:
         logits = model.output.save()
     with torch.no_grad():
         plain = _hooked(
-            net.transformer.h[2].mlp, lambda m, a, out: torch.zeros_like(out), lambda: net(clean)
+            blocks[2].get_submodule("mlp"),
+            lambda m, a, out: torch.zeros_like(out),
+            lambda: net(clean),
         )
     report("logits with the MLP zeroed", logits.value, plain)
 
@@ -88,7 +91,7 @@ def main() -> None:
         grad = hidden.grad.save()
         model.output[0, -1].max().backward()
     kept = []
-    out = _hooked(net.transformer.h[1], lambda m, a, o: kept.append(o), lambda: net(clean))
+    out = _hooked(blocks[1], lambda m, a, o: kept.append(o), lambda: net(clean))
     (plain_grad,) = torch.autograd.grad(out[0, -1].max(), kept[0])
     report("h[1].output.grad", grad.value, plain_grad)
 

@@ -1,19 +1,24 @@
 """Type stub of the Rust extension ``nnsight._core`` (see rust/src/python/core.rs)."""
 
-from typing import Any
+from typing import Any, final
+
+from typing_extensions import Self
+
+__all__ = ["ROOT_ARGUMENT", "ForeignNode", "GraphCore"]
 
 ROOT_ARGUMENT: str
 
 class ForeignNode(Exception): ...
 
+@final
 class GraphCore:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         empty: Any,
         tensor_type: type | None = None,
         proxy_type: type | None = None,
         node_type: type | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def add_linked(
         self,
         name: str | None,
@@ -45,7 +50,7 @@ class GraphCore:
     def set_remaining_dependencies(self, id: int, n: int) -> None: ...
     def id_of(self, name: str) -> int: ...
     def name_of(self, id: int) -> str: ...
-    def __contains__(self, name: str) -> bool: ...
+    def __contains__(self, name: str, /) -> bool: ...
     def __len__(self) -> int: ...
     def name_idx(self) -> dict[str, int]: ...
     def argument_node_names(self) -> dict[str, list[str]]: ...

@@ -155,8 +155,8 @@ def splice(original: Any, replacement: Any, rows: Rows, what: Callable[[], str])
                 f"{what()}: the new value has {len(replacement)} items where the module gives "
                 f"{len(original)}; with several invokes each item must be replaced row-wise"
             )
-        items = [splice(o, r, rows, what) for o, r in zip(original, replacement, strict=True)]
-        return rebuild_like(type(original), items)
+        spliced = [splice(o, r, rows, what) for o, r in zip(original, replacement, strict=True)]
+        return rebuild_like(type(original), spliced)
     if isinstance(original, dict) and isinstance(replacement, dict):
         items = {
             key: splice(value, replacement[key], rows, what) if key in replacement else value

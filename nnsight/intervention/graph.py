@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import cast
 
 import torch
 
@@ -29,9 +30,11 @@ class InterventionGraph(Graph):
         node = proxy.node
         grad = self._grads.get(node.id)
         if grad is None:
-            grad = self.add(target="grad", value=node._proxy_value, args=[node])
-            self._grads[node.id] = grad  # type: ignore[assignment]
-        return grad  # type: ignore[return-value]
+            grad = cast(
+                InterventionProxy, self.add(target="grad", value=node._proxy_value, args=[node])
+            )
+            self._grads[node.id] = grad
+        return grad
 
     @property
     def has_grads(self) -> bool:

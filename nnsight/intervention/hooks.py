@@ -23,7 +23,7 @@ class HookSet:
     __slots__ = ("_entries", "_handles")
 
     def __init__(self) -> None:
-        self._entries: list[tuple[dict[int, Any], ...] | tuple[Any, ...]] = []
+        self._entries: list[tuple[int, list[dict[int, Any]]]] = []
         self._handles: list[RemovableHandle] = []
 
     def forward(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
@@ -33,7 +33,7 @@ class HookSet:
             return
         hook_id = _next_id()
         hooks[hook_id] = hook
-        self._entries.append((hook_id, hooks))
+        self._entries.append((hook_id, [hooks]))
 
     def forward_pre(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
         """A pre-hook called as ``hook(module, args, kwargs)``."""
@@ -45,10 +45,10 @@ class HookSet:
         hook_id = _next_id()
         hooks[hook_id] = hook
         with_kwargs[hook_id] = True
-        self._entries.append((hook_id, hooks, with_kwargs))
+        self._entries.append((hook_id, [hooks, with_kwargs]))
 
     def remove(self) -> None:
-        for hook_id, *dicts in self._entries:
+        for hook_id, dicts in self._entries:
             for table in dicts:
                 table.pop(hook_id, None)
         self._entries.clear()

@@ -157,7 +157,7 @@ class Interleaver:
     def unreached(self) -> list[Node]:
         """Argument nodes whose module call never happened (``.next()`` past the last call),
         for those that anything live still needs."""
-        missing = []
+        missing: list[Node] = []
         for key, by_call in self.plan.items():
             made = self.calls[key]
             for call, entries in by_call.items():

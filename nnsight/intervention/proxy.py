@@ -49,6 +49,7 @@ class InterventionProxy(Proxy):
         node = self.node
         known = node._proxy_value
         if type(known) in (tuple, list) and type(key) in (int, slice):
+            value: Any
             try:
                 value = known[key]
             except IndexError:
@@ -193,4 +194,4 @@ def _unary_on_value(op: Callable[[Any], Any]) -> Callable[[SavedProxy], Any]:
 
 for _name in "neg pos abs invert".split():
     setattr(SavedProxy, f"__{_name}__", _unary_on_value(getattr(operator, _name)))
-SavedProxy.__hash__ = object.__hash__  # type: ignore[method-assign]
+SavedProxy.__hash__ = object.__hash__  # type: ignore[assignment,method-assign]

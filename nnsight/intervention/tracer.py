@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import TracingError
 from ..tracing._source import format_source, user_source
@@ -175,7 +175,7 @@ class Tracer:
             invoke = self._current_invoke(envoy, kind)  # raises the error
         call = self._calls.get(envoy.path, 0)
         key = (envoy.path, kind, call, invoke.index)
-        proxy = self._values.get(key)
+        proxy: InterventionProxy | None = self._values.get(key)
         if proxy is None:
             value: Any = _EMPTY
             if self.scan:
@@ -186,14 +186,17 @@ class Tracer:
                     (envoy.path, kind, call),
                     self.graph._fake,
                 )
-            proxy = self.graph.add(  # type: ignore[assignment]
-                target="argument",
-                value=value,
-                args=[f"{envoy.path}.{kind}.{call}", invoke.size, invoke.start],
+            proxy = cast(
+                InterventionProxy,
+                self.graph.add(
+                    target="argument",
+                    value=value,
+                    args=[f"{envoy.path}.{kind}.{call}", invoke.size, invoke.start],
+                ),
             )
-            self._values[key] = proxy  # type: ignore[assignment]
+            self._values[key] = proxy
             self._requests.append((envoy.path, kind, call, proxy.node, invoke.start, invoke.size))
-        return proxy  # type: ignore[return-value]
+        return proxy
 
     def set_module_value(self, envoy: Envoy, kind: str, value: Any) -> None:
         """Replaces ``envoy``'s input or output at its current call, for this invoke's rows."""

@@ -35,7 +35,9 @@ class Attention(nn.Module):
         batch, tokens, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=-1)
         heads = [t.view(batch, tokens, self.n_head, -1).transpose(1, 2) for t in (q, k, v)]
-        mixed = nn.functional.scaled_dot_product_attention(*heads, is_causal=True)
+        mixed = nn.functional.scaled_dot_product_attention(
+            heads[0], heads[1], heads[2], is_causal=True
+        )
         return self.proj(mixed.transpose(1, 2).reshape(batch, tokens, width))
 
 

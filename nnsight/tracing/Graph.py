@@ -24,7 +24,7 @@ from .validation import FakeRunner
 _EMPTY = inspect._empty
 #: Bare instances for ``add``'s hot path, filled by ``Node._setup`` and the proxy's slot.
 _new_object = object.__new__
-_set_proxy_node = Proxy.node.__set__  # type: ignore[attr-defined]
+_set_proxy_node = Proxy.__dict__["node"].__set__
 
 
 class NodeMap(Mapping[str, Node]):

@@ -78,6 +78,16 @@ class Node:
         "target",
     )
 
+    id: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    target: Any
+    source: tuple[str, int]
+    _name: str | None
+    _core: GraphCore
+    _graph_ref: weakref.ref[Graph]
+    _proxy_value: Any
+
     def __init__(
         self,
         name: str | None,

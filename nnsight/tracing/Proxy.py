@@ -49,6 +49,7 @@ class Proxy:
     """
 
     __slots__ = ("__weakref__", "node")
+    node: Node
 
     def __init__(self, node: Node) -> None:
         _set_node(self, node)
@@ -160,7 +161,7 @@ class Proxy:
         return owner.node.add(target=orig_method, args=list(args), kwargs=kwargs)
 
 
-_set_node = Proxy.node.__set__  # type: ignore[attr-defined]  # the slot, bypassing __setattr__
+_set_node = Proxy.__dict__["node"].__set__  # the slot, bypassing __setattr__
 
 
 def _owning_proxy(values: Any, target: Any) -> Proxy:
@@ -227,15 +228,19 @@ _COMPARISONS = {
     "gt": operator.gt,
     "ge": operator.ge,
 }
-_UNARY = {"neg": operator.neg, "pos": operator.pos, "abs": operator.abs, "invert": operator.invert}
+_UNARY: dict[str, Callable[[Any], Any]] = {
+    "neg": operator.neg,
+    "pos": operator.pos,
+    "abs": operator.abs,
+    "invert": operator.invert,
+}
 
+for _name, _op in {**_BINARY, **_COMPARISONS}.items():
+    setattr(Proxy, f"__{_name}__", _binary(_op))
 for _name, _op in _BINARY.items():
-    setattr(Proxy, f"__{_name}__", _binary(_op))
     setattr(Proxy, f"__r{_name}__", _reflected(_op))
-for _name, _op in _COMPARISONS.items():
-    setattr(Proxy, f"__{_name}__", _binary(_op))
-for _name, _op in _UNARY.items():
-    setattr(Proxy, f"__{_name}__", _unary(_op))
+for _name, _unary_op in _UNARY.items():
+    setattr(Proxy, f"__{_name}__", _unary(_unary_op))
 
 
 def proxy_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:

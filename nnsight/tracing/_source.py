@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from types import FrameType
 
 import torch
 
@@ -33,7 +34,7 @@ UNKNOWN = ("<unknown>", 0)
 
 def user_source(skip: int = 1) -> tuple[str, int]:
     """``(file, line)`` of the innermost frame outside library internals, ``skip`` frames up."""
-    frame = sys._getframe(skip)
+    frame: FrameType | None = sys._getframe(skip)
     while frame is not None:
         file = frame.f_code.co_filename
         internal = _IS_LIBRARY_FILE.get(file)

@@ -163,7 +163,7 @@ def _arg_key(value: Any) -> Any:
     if cls is LazyFake:
         return value.key
     if isinstance(value, torch.Tensor):
-        return _tensor_key(_tensor_meta(value), value.layout, value.storage_offset())
+        return _tensor_key(_tensor_meta(value), value.layout, int(value.storage_offset()))
     if cls is tuple or cls is list or cls is torch.Size:
         return (cls, tuple(_arg_key(item) for item in value))
     if cls is dict:
