@@ -103,3 +103,23 @@ def test_invoke_inputs_that_cannot_batch_raise() -> None:
                 pass
             with tracer.invoke(torch.randn(2, 5)):
                 pass
+
+
+def test_replacing_an_input_changes_only_that_invokes_rows() -> None:
+    net = mlp()
+    model = NNsight(net)
+    a, b = torch.randn(2, 8), torch.randn(3, 8)
+    with torch.no_grad(), model.trace() as tracer:
+        with tracer.invoke(a):
+            out_a = model.output.save()
+        with tracer.invoke(b):
+            (x,), _ = model[2].input
+            model[2].input = ((x * 0,), {})
+            out_b = model.output.save()
+    with torch.no_grad():
+        assert torch.allclose(out_a.value, net(a))
+        handle = net[2].register_forward_pre_hook(lambda m, args: (args[0] * 0,))
+        try:
+            assert torch.allclose(out_b.value, net(b))
+        finally:
+            handle.remove()

@@ -184,7 +184,8 @@ def _owning_proxy(values: Any, target: Any) -> Proxy:
 def _binary(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
     def method(self: Proxy, other: Any) -> Proxy:
         node = self.node
-        return node.add(op, _EMPTY, [node, other])
+        graph = node._graph_ref()  # Node.add without its frame; it raises if the graph is gone
+        return (graph or node).add(op, _EMPTY, [node, other])
 
     return method
 
@@ -192,7 +193,8 @@ def _binary(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
 def _reflected(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
     def method(self: Proxy, other: Any) -> Proxy:
         node = self.node
-        return node.add(op, _EMPTY, [other, node])
+        graph = node._graph_ref()
+        return (graph or node).add(op, _EMPTY, [other, node])
 
     return method
 
