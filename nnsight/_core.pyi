@@ -26,6 +26,19 @@ class GraphCore:
         args: list[Any] | tuple[Any, ...] | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> tuple[int, list[Any], dict[str, Any]] | None: ...
+    def add_object(
+        self,
+        node_type: type,
+        proxy_type: type,
+        nodes: list[Any],
+        graph_ref: Any,
+        name: str | None,
+        target: Any,
+        value: Any,
+        args: list[Any] | tuple[Any, ...] | None,
+        kwargs: dict[str, Any] | None,
+        source: tuple[str, int],
+    ) -> Any | None: ...
     def add_node(
         self,
         name: str | None,

@@ -136,3 +136,18 @@ def test_generation_idx_and_graph_printout() -> None:
     text = str(graph)
     assert f"%{y.node.name} = proxy_call(%argument_0, 1, k=2)" in text and __file__ in text
     assert y.node.target is proxy_call
+
+
+def test_nodes_from_the_rust_fast_path_fill_every_slot_like_the_constructor() -> None:
+    # Graph.add builds the usual node in Rust (GraphCore.add_object); Node(...) in Python.
+    graph = Graph(None, validate=False)
+    x = graph.add(target="argument", value=1, args=["x"])
+    fast = (x + 1).node
+    slow = Node(None, graph, 5, operator.add, [x.node, 1])
+    slots = [slot for slot in Node.__slots__ if slot != "__weakref__"]
+    for node in (fast, slow):
+        missing = [slot for slot in slots if not hasattr(node, slot)]
+        assert missing == [], missing
+    assert type(fast.id) is int and fast.args == [x.node, 1] and fast.kwargs == {}
+    assert fast._graph_ref is slow._graph_ref and fast._core is slow._core
+    assert fast.source[0] == slow.source[0] == __file__

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .._core import ROOT_ARGUMENT, GraphCore
+from .._core import ROOT_ARGUMENT, ForeignNode, GraphCore
 from ..errors import TracingError, ValidationError
 from . import fake_cache
 from ._describe import describe
@@ -155,9 +155,20 @@ class Graph:
         source = user_source(2)
         if value is _EMPTY and self.validate and not _is_reserved(target):
             value = self._fake_value(target, args, kwargs, source)
+        proxy_class = self.proxy_class
+        if proxy_class.__init__ is Proxy.__init__:
+            # The usual case in one call into the core: link, make the node and its proxy.
+            try:
+                proxy = self._core.add_object(
+                    Node, proxy_class, self._nodes, self._weak_self, name, target, value,
+                    args, kwargs, source,
+                )  # fmt: skip
+            except ForeignNode:
+                proxy = None  # Node._setup resolves finished nodes or raises
+            if proxy is not None:
+                return proxy
         node = _new_object(Node)
         node._setup(name, self, value, target, args, kwargs, source)
-        proxy_class = self.proxy_class
         if proxy_class.__init__ is Proxy.__init__:
             proxy = _new_object(proxy_class)
             _set_proxy_node(proxy, node)

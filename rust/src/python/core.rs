@@ -98,6 +98,30 @@ fn target_name<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>
     target.get_type().name()
 }
 
+/// A bare instance of a Python class (`object.__new__(cls)`): no `__init__` runs.
+fn new_bare<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    let object = py.get_type::<pyo3::types::PyAny>();
+    object.call_method1(intern!(py, "__new__"), (cls,))
+}
+
+/// Sets an attribute the way `object.__setattr__` does, so a class's own `__setattr__` (the
+/// Proxy's traces assignments) is bypassed and the slot descriptor is used.
+fn set_slot(
+    obj: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: all three pointers are valid, GIL-held objects for the duration of the call.
+    let status =
+        unsafe { pyo3::ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(PyErr::fetch(obj.py()))
+    }
+}
+
 fn to_id(id: i64) -> Option<NodeId> {
     NodeId::try_from(id).ok()
 }
@@ -467,6 +491,56 @@ impl PyGraphCore {
             _ => Plan::Python,
         });
         Ok(Some((i64::from(id), args, kwargs)))
+    }
+
+    /// `Graph.add`'s hot path, in one call: links the node as `add_linked` does, makes the
+    /// Python node (a bare `node_type` instance whose slots are filled as `Node._setup` fills
+    /// them), appends it to `nodes`, and returns a bare `proxy_type` instance holding it.
+    /// Returns None, having added nothing, where `add_linked` would; it raises what
+    /// `add_linked` raises.
+    #[allow(clippy::too_many_arguments)] // one crossing instead of three: that is the point
+    #[pyo3(signature = (node_type, proxy_type, nodes, graph_ref, name, target, value, args, kwargs, source))]
+    fn add_object<'py>(
+        slf: &Bound<'py, Self>,
+        node_type: &Bound<'py, PyType>,
+        proxy_type: &Bound<'py, PyType>,
+        nodes: &Bound<'py, PyList>,
+        graph_ref: &Bound<'py, PyAny>,
+        name: Option<Bound<'py, PyString>>,
+        target: Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+        args: Option<Bound<'py, PyAny>>,
+        kwargs: Option<Bound<'py, PyDict>>,
+        source: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let name_str = match &name {
+            Some(name) => Some(name.to_str()?),
+            None => None,
+        };
+        let Some((id, args, kwargs)) =
+            Self::add_linked(slf, name_str, target.clone(), args, kwargs)?
+        else {
+            return Ok(None);
+        };
+        let node = new_bare(node_type)?;
+        let name = match name {
+            Some(name) => name.into_any(),
+            None => py.None().into_bound(py),
+        };
+        set_slot(&node, intern!(py, "id"), &id.into_pyobject(py)?.into_any())?;
+        set_slot(&node, intern!(py, "args"), &args.into_any())?;
+        set_slot(&node, intern!(py, "kwargs"), &kwargs.into_any())?;
+        set_slot(&node, intern!(py, "_name"), &name)?;
+        set_slot(&node, intern!(py, "_core"), slf.as_any())?;
+        set_slot(&node, intern!(py, "_graph_ref"), graph_ref)?;
+        set_slot(&node, intern!(py, "target"), &target)?;
+        set_slot(&node, intern!(py, "_proxy_value"), value)?;
+        set_slot(&node, intern!(py, "source"), source)?;
+        nodes.append(&node)?;
+        let proxy = new_bare(proxy_type)?;
+        set_slot(&proxy, intern!(py, "node"), &node)?;
+        Ok(Some(proxy))
     }
 
     /// Adds a node the core does not call itself (reserved and method-name targets, and ops
