@@ -100,6 +100,9 @@ class Envoy:
         return repr(self._module)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Outside a trace, calls the module. Inside one, traces a call of it (it runs when its
+        arguments exist, during the model's run); if the graph also reads this module's
+        ``.output``, that extra call counts as one of its calls, as ``.next()`` sees them."""
         tracer = self._session.tracer
         if tracer is None:
             return self._module(*args, **kwargs)
