@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from typing import cast
 
 import torch
 
@@ -30,9 +29,10 @@ class InterventionGraph(Graph):
         node = proxy.node
         grad = self._grads.get(node.id)
         if grad is None:
-            grad = cast(
-                InterventionProxy, self.add(target="grad", value=node._proxy_value, args=[node])
+            grad = self.add(  # type: ignore[assignment]  # the graph's proxy class
+                target="grad", value=node._proxy_value, args=[node]
             )
+            assert grad is not None
             self._grads[node.id] = grad
         return grad
 

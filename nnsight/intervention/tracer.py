@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TracingError
 from ..tracing._source import format_source, user_source
@@ -186,14 +186,12 @@ class Tracer:
                     (envoy.path, kind, call),
                     self.graph._fake,
                 )
-            proxy = cast(
-                InterventionProxy,
-                self.graph.add(
-                    target="argument",
-                    value=value,
-                    args=[f"{envoy.path}.{kind}.{call}", invoke.size, invoke.start],
-                ),
+            proxy = self.graph.add(  # type: ignore[assignment]  # the graph's proxy class
+                target="argument",
+                value=value,
+                args=[f"{envoy.path}.{kind}.{call}", invoke.size, invoke.start],
             )
+            assert proxy is not None
             self._values[key] = proxy
             self._requests.append((envoy.path, kind, call, proxy.node, invoke.start, invoke.size))
         return proxy

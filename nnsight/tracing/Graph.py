@@ -15,7 +15,7 @@ from . import fake_cache
 from ._describe import describe
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
-from .effects import has_effect
+from .effects import NO_EFFECT_TARGETS, has_effect
 from .fake_cache import LazyFake, LazyValue
 from .Node import RESERVED_TARGETS, Node, target_name
 from .Proxy import Proxy
@@ -238,7 +238,11 @@ class Graph:
         Dead nodes never execute and hold no values alive. Applies from the next
         :meth:`compile`; adding a node undoes it. (nnsight 0.2 had this method as a stub.)
         """
-        dead = self._core.eliminate_dead_code([has_effect(node) for node in self._nodes])
+        effects = [
+            node.target not in NO_EFFECT_TARGETS if type(node.target) is str else has_effect(node)
+            for node in self._nodes
+        ]
+        dead = self._core.eliminate_dead_code(effects)
         return [self._nodes[i] for i in dead]
 
     # ----- running ----------------------------------------------------------------------------
