@@ -82,3 +82,14 @@ def test_a_chain_of_100k_ops_runs() -> None:
             value = value + 1
         final = value.save()
     assert torch.allclose(final.value, model._model[0](x) + 100_000)
+
+
+def test_saved_values_do_not_keep_the_inputs_alive() -> None:
+    model = NNsight(mlp())
+    x = torch.randn(2, 8)
+    inputs = weakref.ref(x)
+    with torch.no_grad(), model.trace(x):  # (autograd would keep x for the backward pass)
+        saved = model[0].output.save()
+    del x
+    assert inputs() is None
+    assert saved.shape == (2, 8)

@@ -119,8 +119,13 @@ class Tracer:
         finally:
             self.graph.tracing = False
             self.model._session.tracer = None
+            for request in self._requests:
+                node = request[3]
+                if type(node._proxy_value) is ScannedValue:
+                    node._proxy_value = _EMPTY  # unread: drop its hold on the inputs
             self._values.clear()
             self._requests.clear()
+            self._invokes.clear()
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
         """A block whose interventions apply to these inputs' rows of the batch."""
