@@ -75,9 +75,18 @@ def _snapshot(obj: Any) -> Any:
     return obj
 
 
+#: Values a signature holds as themselves: immutable, and never holding a tensor alive.
+_PLAIN = (int, float, bool, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+class _Unsigned(Exception):
+    pass
+
+
 def signature(value: Any) -> Any:
-    """A hashable summary of inputs for the cache: tensors by shape, dtype and device, other
-    values as themselves. None when some value is not hashable (then nothing is cached)."""
+    """A hashable summary of inputs for the cache: tensors by shape, dtype and device, plain
+    values (numbers, strings, dtypes...) as themselves. None when anything else appears (a KV
+    cache object, say): such inputs are not cached, so the cache never holds an object alive."""
 
     def summarize(obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
@@ -86,12 +95,13 @@ def signature(value: Any) -> Any:
             return (type(obj), tuple(summarize(item) for item in obj))
         if isinstance(obj, dict):
             return (type(obj), tuple((key, summarize(item)) for key, item in obj.items()))
-        hash(obj)
-        return obj
+        if type(obj) in _PLAIN:
+            return obj
+        raise _Unsigned
 
     try:
         return summarize(value)
-    except TypeError:
+    except _Unsigned:
         return None
 
 
