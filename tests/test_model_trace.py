@@ -173,6 +173,7 @@ def test_only_used_modules_get_hooks_and_only_during_the_run() -> None:
     with hooked(net[4], count):  # a plain hook of our own, to look from inside the run
         with model.trace(torch.randn(2, 8)):
             model[2].output.save()
+            model[0].output * 2  # read but never used: dead, so net[0] gets no hook
     assert seen == [2]  # ours + nnsight's one hook on net[2], nothing on the other modules
     assert hook_count(net) == 0
 
