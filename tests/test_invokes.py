@@ -123,3 +123,27 @@ def test_replacing_an_input_changes_only_that_invokes_rows() -> None:
             assert torch.allclose(out_b.value, net(b))
         finally:
             handle.remove()
+
+
+class Shifted(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + shift
+
+
+def test_one_tensor_passed_by_every_invoke_is_shared_not_batched() -> None:
+    net = Shifted()
+    model = NNsight(net)
+    shift = torch.randn(4)  # one object, passed by both invokes
+    a, b = torch.randn(2, 4), torch.randn(3, 4)
+    with torch.no_grad(), model.trace() as tracer:
+        with tracer.invoke(a, shift=shift):
+            out_a = model.output.save()
+        with tracer.invoke(b, shift=shift):
+            out_b = model.output.save()
+    with torch.no_grad():
+        assert torch.allclose(out_a.value, net(a, shift))
+        assert torch.allclose(out_b.value, net(b, shift))

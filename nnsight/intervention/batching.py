@@ -75,10 +75,11 @@ def batch_size_of(inputs: Any) -> int:
 
 
 def combine(parts: Sequence[Any]) -> Any:
-    """One structure from several of the same shape: tensors concatenated along dimension 0,
-    anything else required to be equal. Raises TracingError naming what differs."""
+    """One structure from several of the same shape: tensors concatenated along dimension 0
+    (except one tensor object passed by every invoke: that is shared, and kept once), anything
+    else required to be equal. Raises TracingError naming what differs."""
     first = parts[0]
-    if len(parts) == 1:
+    if len(parts) == 1 or all(part is first for part in parts[1:]):
         return first
     if isinstance(first, torch.Tensor):
         if not all(isinstance(p, torch.Tensor) for p in parts):
