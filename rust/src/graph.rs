@@ -309,16 +309,12 @@ impl<V> Graph<V> {
         let mut live = effects.to_vec();
         for i in (0..self.len()).rev() {
             if live[i] {
-                let deps =
-                    &self.dep_edges[self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize];
-                for &dep in deps {
+                for &dep in self.deps_of(i) {
                     live[dep as usize] = true;
                 }
             }
         }
-        for counts in &mut self.initial {
-            counts.listeners = 0;
-        }
+        let mut listeners = vec![0; self.len()];
         let mut dead = Vec::new();
         for (i, &is_live) in live.iter().enumerate() {
             self.runs[i] = is_live && self.kinds[i].executes();
@@ -326,9 +322,12 @@ impl<V> Graph<V> {
                 dead.push(i as NodeId);
                 continue;
             }
-            for k in self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize {
-                self.initial[self.dep_edges[k] as usize].listeners += 1;
+            for &dep in self.deps_of(i) {
+                listeners[dep as usize] += 1;
             }
+        }
+        for (counts, listeners) in self.initial.iter_mut().zip(listeners) {
+            counts.listeners = listeners;
         }
         self.dead.clone_from(&dead);
         Ok(dead)
@@ -539,8 +538,12 @@ impl<V> Graph<V> {
 
     pub fn dependencies(&self, id: NodeId) -> Result<&[NodeId], GraphError> {
         self.check(id)?;
-        let i = id as usize;
-        Ok(&self.dep_edges[self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize])
+        Ok(self.deps_of(id as usize))
+    }
+
+    /// Node `i`'s dependencies (bounds-checked; the hot loop in `store` reads them unchecked).
+    fn deps_of(&self, i: usize) -> &[NodeId] {
+        &self.dep_edges[self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize]
     }
 
     pub fn remaining_listeners(&self, id: NodeId) -> Result<i32, GraphError> {
