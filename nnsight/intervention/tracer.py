@@ -175,11 +175,9 @@ class Tracer:
 
     def module_value(self, envoy: Envoy, kind: str) -> InterventionProxy:
         """The proxy of ``envoy``'s input or output at its current call, for this invoke."""
-        invoke = self._invoke
-        if invoke is None:
-            invoke = self._current_invoke(envoy, kind)  # raises the error
-        call = self._calls.get(envoy.path, 0)
-        key = (envoy.path, kind, call, invoke.index)
+        invoke = self._current_invoke(envoy, kind)
+        key = self._value_key(envoy, kind, invoke)
+        call = key[2]
         proxy: InterventionProxy | None = self._values.get(key)
         if proxy is None:
             value: Any = _EMPTY
@@ -208,7 +206,11 @@ class Tracer:
         self._check_rows(envoy, kind, current, value, invoke)
         self.graph.add(target="swap", value=_EMPTY, args=[current.node, value])
         # Later reads in this invoke get a new argument node, set after the swap is applied.
-        del self._values[(envoy.path, kind, self._calls.get(envoy.path, 0), invoke.index)]
+        del self._values[self._value_key(envoy, kind, invoke)]
+
+    def _value_key(self, envoy: Envoy, kind: str, invoke: Invoke) -> tuple[str, str, int, int]:
+        """``(path, kind, current call, invoke)``: which proxy ``module_value`` hands out."""
+        return envoy.path, kind, self._calls.get(envoy.path, 0), invoke.index
 
     def advance(self, envoy: Envoy, steps: int) -> None:
         self._calls[envoy.path] = self._calls.get(envoy.path, 0) + steps

@@ -15,7 +15,7 @@ from . import fake_cache
 from ._describe import describe
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
-from .effects import NO_EFFECT_TARGETS, has_effect
+from .effects import has_effect
 from .fake_cache import LazyFake, LazyValue
 from .Node import RESERVED_TARGETS, Node, target_name
 from .Proxy import Proxy
@@ -156,7 +156,8 @@ class Graph:
         if value is _EMPTY and self.validate and not _is_reserved(target):
             value = self._fake_value(target, args, kwargs, source)
         proxy_class = self.proxy_class
-        if proxy_class.__init__ is Proxy.__init__:
+        bare_proxy = proxy_class.__init__ is Proxy.__init__  # its only job: store the node
+        if bare_proxy:
             # The usual case in one call into the core: link, make the node and its proxy.
             try:
                 proxy = self._core.add_object(
@@ -169,7 +170,7 @@ class Graph:
                 return proxy
         node = _new_object(Node)
         node._setup(name, self, value, target, args, kwargs, source)
-        if proxy_class.__init__ is Proxy.__init__:
+        if bare_proxy:
             proxy = _new_object(proxy_class)
             _set_proxy_node(proxy, node)
             return proxy
@@ -238,11 +239,7 @@ class Graph:
         Dead nodes never execute and hold no values alive. Applies from the next
         :meth:`compile`; adding a node undoes it. (nnsight 0.2 had this method as a stub.)
         """
-        effects = [
-            node.target not in NO_EFFECT_TARGETS if type(node.target) is str else has_effect(node)
-            for node in self._nodes
-        ]
-        dead = self._core.eliminate_dead_code(effects)
+        dead = self._core.eliminate_dead_code([has_effect(node) for node in self._nodes])
         return [self._nodes[i] for i in dead]
 
     # ----- running ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from .Node import Node
 from .Proxy import proxy_call
 
 #: Reserved targets that run only for the nodes using them.
-NO_EFFECT_TARGETS = frozenset({"argument", "grad"})
+_NO_EFFECT_TARGETS = frozenset({"argument", "grad"})
 
 #: Names of torch functions and tensor methods that act on something besides their result.
 _ACTING_NAMES = frozenset(
@@ -53,7 +53,7 @@ def has_effect(node: Node) -> bool:
     """Whether ``node`` must run even when no kept node uses its value."""
     target = node.target
     if isinstance(target, str):
-        return target not in NO_EFFECT_TARGETS
+        return target not in _NO_EFFECT_TARGETS
     if "out" in node.kwargs:
         return True
     if target is proxy_call:
