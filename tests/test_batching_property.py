@@ -44,7 +44,7 @@ def test_narrow_splice_and_combine_agree_with_row_by_row_editing(
     # A swap of one invoke's rows changes exactly those rows.
     target = rows[swapped % len(rows)]
     new = (torch.full((target.size, width), 9.0), torch.zeros(target.size), batch[2])
-    result = splice(batch, new, target, lambda: "test swap")
+    result = splice(batch, new, target, "test swap")
     expected = [p[0].clone() for p in parts]
     expected[swapped % len(rows)] = new[0]
     assert torch.equal(result[0], torch.cat(expected))

@@ -122,7 +122,7 @@ def narrow(value: Any, rows: Rows) -> Any:
     return map_tensors(value, take)
 
 
-def splice(original: Any, replacement: Any, rows: Rows, what: Callable[[], str]) -> Any:
+def splice(original: Any, replacement: Any, rows: Rows, what: str) -> Any:
     """``original`` with the invoke's rows replaced by ``replacement`` (a swap).
 
     With one invoke the replacement is taken as it is. Otherwise the two structures are walked
@@ -153,7 +153,7 @@ def splice(original: Any, replacement: Any, rows: Rows, what: Callable[[], str])
     if isinstance(original, (tuple, list)) and isinstance(replacement, (tuple, list)):
         if len(original) != len(replacement):
             raise TracingError(
-                f"{what()}: the new value has {len(replacement)} items where the module gives "
+                f"{what}: the new value has {len(replacement)} items where the module gives "
                 f"{len(original)}; with several invokes each item must be replaced row-wise"
             )
         spliced = [splice(o, r, rows, what) for o, r in zip(original, replacement, strict=True)]
@@ -165,16 +165,16 @@ def splice(original: Any, replacement: Any, rows: Rows, what: Callable[[], str])
         }
         return rebuild_like(type(original), items)
     raise TracingError(
-        f"{what()}: cannot put a {type(replacement).__name__} in place of the "
+        f"{what}: cannot put a {type(replacement).__name__} in place of the "
         f"{type(original).__name__} this module gives for one invoke's rows"
     )
 
 
-def _check_rows(tensor: torch.Tensor, size: int, what: Callable[[], str]) -> None:
+def _check_rows(tensor: torch.Tensor, size: int, what: str) -> None:
     rows = tensor.shape[0] if tensor.dim() > 0 else None
     if rows != size:
         raise TracingError(
-            f"{what()}: the new value has batch size {rows} but this invoke has {size} "
+            f"{what}: the new value has batch size {rows} but this invoke has {size} "
             f"row(s) (shape {tuple(tensor.shape)}); it must match (nnsight 0.2 silently "
             "truncated the batch)"
         )

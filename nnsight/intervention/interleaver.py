@@ -142,9 +142,9 @@ class Interleaver:
                     swap.name,
                 )
             replacement = graph.get_swap(view)
-            what = _what(swap, path, kind)
+            what = f"setting {spell_path(path)}.{kind} (traced at {format_source(swap.source)})"
             try:
-                activation = splice(activation, replacement, rows, lambda: what)  # noqa: B023
+                activation = splice(activation, replacement, rows, what)
             except TracingError as exc:
                 raise ExecutionError(str(exc), swap.name) from None
             pieces[rows.start] = narrow(activation, rows)
@@ -154,16 +154,23 @@ class Interleaver:
             activation = _join(activation, pieces, self.invoke_rows)
         return None if activation is original else activation
 
-    def unreached(self) -> list[Node]:
-        """Argument nodes whose module call never happened (``.next()`` past the last call),
-        for those that anything live still needs."""
-        missing: list[Node] = []
-        for key, by_call in self.plan.items():
-            made = self.calls[key]
+    def unreached(self) -> str | None:
+        """What the graph asked of module calls that never happened (``.next()`` past the last
+        call), for the argument nodes anything live still needs; None when nothing."""
+        lines: list[str] = []
+        for (path, kind), by_call in self.plan.items():
+            made = self.calls[(path, kind)]
             for call, entries in by_call.items():
-                if call >= made:
-                    missing.extend(node for node, _ in entries if node.remaining_listeners)
-        return missing
+                if call < made:
+                    continue
+                lines.extend(
+                    f"{spell_path(path)}.{kind} of call {call} (traced at "
+                    f"{format_source(node.source)}) was never reached: the module ran {made} "
+                    "time(s) in this forward pass"
+                    for node, _ in entries
+                    if node.remaining_listeners
+                )
+        return "; ".join(lines) + " (check the number of .next() calls)" if lines else None
 
 
 def _join(activation: Any, pieces: dict[int, Any], invoke_rows: list[Rows]) -> Any:
@@ -190,7 +197,3 @@ def _concat(original: Any, parts: list[Any], total: int) -> Any:
             {key: _concat(item, [p[key] for p in parts], total) for key, item in original.items()},
         )
     return original
-
-
-def _what(swap: Node, path: str, kind: str) -> str:
-    return f"setting {spell_path(path)}.{kind} (traced at {format_source(swap.source)})"

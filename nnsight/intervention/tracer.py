@@ -257,9 +257,9 @@ class Tracer:
             with interleaver:
                 graph.compile(module)
                 module(*args, **kwargs)
-            missing = interleaver.unreached()
-            if missing:
-                raise TracingError(_unreached_message(missing, interleaver))
+            unreached = interleaver.unreached()
+            if unreached is not None:
+                raise TracingError(unreached)
         except BaseException as exc:
             graph._core.abort()
             if hasattr(exc, "add_note") and not isinstance(exc, TracingError):
@@ -273,16 +273,3 @@ class Tracer:
 def _has_rows(value: Any) -> bool:
     shape = getattr(value, "shape", None)
     return shape is not None and not callable(shape) and len(shape) > 0
-
-
-def _unreached_message(missing: list[Any], interleaver: Interleaver) -> str:
-    lines = []
-    for node in missing:
-        head, _, call = node.args[0].rpartition(".")
-        path, _, kind = head.rpartition(".")
-        made = interleaver.calls[(path, kind)]
-        lines.append(
-            f"{spell_path(path)}.{kind} of call {call} (traced at {format_source(node.source)}) "
-            f"was never reached: the module ran {made} time(s) in this forward pass"
-        )
-    return "; ".join(lines) + " (check the number of .next() calls)"
