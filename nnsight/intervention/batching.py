@@ -178,3 +178,32 @@ def _check_rows(tensor: torch.Tensor, size: int, what: str) -> None:
             f"row(s) (shape {tuple(tensor.shape)}); it must match (nnsight 0.2 silently "
             "truncated the batch)"
         )
+
+
+def join_rows(activation: Any, pieces: dict[int, Any], invoke_rows: list[Rows]) -> Any:
+    """``activation`` rebuilt from its invokes' rows: ``pieces[start]`` where an invoke has
+    one (the very views its nodes saw, so gradients flow back through them), else a fresh
+    view of ``activation``. Batched tensors are concatenated; anything else is kept."""
+    parts = [
+        pieces[rows.start] if rows.start in pieces else narrow(activation, rows)
+        for rows in invoke_rows
+    ]
+    return _concat(activation, parts, invoke_rows[0].total)
+
+
+def _concat(original: Any, parts: list[Any], total: int) -> Any:
+    if isinstance(original, torch.Tensor):
+        if original.dim() == 0 or original.shape[0] != total:
+            return original
+        return torch.cat(parts, dim=0)
+    if isinstance(original, (tuple, list)):
+        return rebuild_like(
+            type(original),
+            [_concat(item, [p[i] for p in parts], total) for i, item in enumerate(original)],
+        )
+    if isinstance(original, dict):
+        return rebuild_like(
+            type(original),
+            {key: _concat(item, [p[key] for p in parts], total) for key, item in original.items()},
+        )
+    return original

@@ -17,7 +17,7 @@ import torch
 from ..errors import ExecutionError, TracingError
 from ..tracing import Node
 from ..tracing._source import format_source
-from .batching import Rows, narrow, rebuild_like, splice
+from .batching import Rows, join_rows, narrow, splice
 from .envoy import spell_path
 from .graph import InterventionGraph
 from .hooks import HookSet
@@ -126,7 +126,7 @@ class Interleaver:
         original = activation
         pieces: dict[int, Any] = {}
         for node, rows in entries:
-            view = activation if rows.whole else narrow(activation, rows)
+            view = narrow(activation, rows)
             core.set_value(node.id, view, nodes)  # Node.set_value, minus two Python frames
             pieces[rows.start] = view
             swap_id = core.swap()
@@ -151,7 +151,7 @@ class Interleaver:
         if self.joins and torch.is_grad_enabled():
             # Gradients reach a hook on an invoke's rows only if the model computes from those
             # very views: rebuild the batch from them.
-            activation = _join(activation, pieces, self.invoke_rows)
+            activation = join_rows(activation, pieces, self.invoke_rows)
         return None if activation is original else activation
 
     def unreached(self) -> str | None:
@@ -171,29 +171,3 @@ class Interleaver:
                     if node.remaining_listeners
                 )
         return "; ".join(lines) + " (check the number of .next() calls)" if lines else None
-
-
-def _join(activation: Any, pieces: dict[int, Any], invoke_rows: list[Rows]) -> Any:
-    parts = [
-        pieces[rows.start] if rows.start in pieces else narrow(activation, rows)
-        for rows in invoke_rows
-    ]
-    return _concat(activation, parts, invoke_rows[0].total)
-
-
-def _concat(original: Any, parts: list[Any], total: int) -> Any:
-    if isinstance(original, torch.Tensor):
-        if original.dim() == 0 or original.shape[0] != total:
-            return original
-        return torch.cat(parts, dim=0)
-    if isinstance(original, (tuple, list)):
-        return rebuild_like(
-            type(original),
-            [_concat(item, [p[i] for p in parts], total) for i, item in enumerate(original)],
-        )
-    if isinstance(original, dict):
-        return rebuild_like(
-            type(original),
-            {key: _concat(item, [p[key] for p in parts], total) for key, item in original.items()},
-        )
-    return original
