@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..tracing import Proxy
 from ..tracing._walk import map_structure
+from ..tracing.Proxy import BINARY_OPERATORS, COMPARISON_OPERATORS, UNARY_OPERATORS
 
 if TYPE_CHECKING:
     from .graph import InterventionGraph
@@ -179,19 +180,17 @@ def _on_value(op: Callable[[Any, Any], Any], reflected: bool) -> Callable[[Saved
     return lambda self, other: op(self.value, _value(other))
 
 
-_BINARY = "add sub mul matmul truediv floordiv mod pow lshift rshift and or xor".split()
-for _name in _BINARY:
-    _op = getattr(operator, f"{_name}_" if _name in ("and", "or") else _name)
+for _name, _op in BINARY_OPERATORS.items():
     setattr(SavedProxy, f"__{_name}__", _on_value(_op, reflected=False))
     setattr(SavedProxy, f"__r{_name}__", _on_value(_op, reflected=True))
-for _name in "eq ne lt le gt ge".split():
-    setattr(SavedProxy, f"__{_name}__", _on_value(getattr(operator, _name), reflected=False))
+for _name, _op in COMPARISON_OPERATORS.items():
+    setattr(SavedProxy, f"__{_name}__", _on_value(_op, reflected=False))
 
 
 def _unary_on_value(op: Callable[[Any], Any]) -> Callable[[SavedProxy], Any]:
     return lambda self: op(self.value)
 
 
-for _name in "neg pos abs invert".split():
-    setattr(SavedProxy, f"__{_name}__", _unary_on_value(getattr(operator, _name)))
+for _name, _unary_op in UNARY_OPERATORS.items():
+    setattr(SavedProxy, f"__{_name}__", _unary_on_value(_unary_op))
 SavedProxy.__hash__ = object.__hash__  # type: ignore[assignment,method-assign]

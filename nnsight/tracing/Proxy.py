@@ -207,7 +207,8 @@ def _unary(op: Callable[[Any], Any]) -> Callable[[Proxy], Proxy]:
     return method
 
 
-_BINARY = {
+#: Operator tables: dunder stem -> operator function (also used by ``SavedProxy``).
+BINARY_OPERATORS = {
     "add": operator.add,
     "sub": operator.sub,
     "mul": operator.mul,
@@ -222,7 +223,7 @@ _BINARY = {
     "or": operator.or_,
     "xor": operator.xor,
 }
-_COMPARISONS = {
+COMPARISON_OPERATORS = {
     "eq": operator.eq,
     "ne": operator.ne,
     "lt": operator.lt,
@@ -230,18 +231,18 @@ _COMPARISONS = {
     "gt": operator.gt,
     "ge": operator.ge,
 }
-_UNARY: dict[str, Callable[[Any], Any]] = {
+UNARY_OPERATORS: dict[str, Callable[[Any], Any]] = {
     "neg": operator.neg,
     "pos": operator.pos,
     "abs": operator.abs,
     "invert": operator.invert,
 }
 
-for _name, _op in {**_BINARY, **_COMPARISONS}.items():
+for _name, _op in {**BINARY_OPERATORS, **COMPARISON_OPERATORS}.items():
     setattr(Proxy, f"__{_name}__", _binary(_op))
-for _name, _op in _BINARY.items():
+for _name, _op in BINARY_OPERATORS.items():
     setattr(Proxy, f"__r{_name}__", _reflected(_op))
-for _name, _unary_op in _UNARY.items():
+for _name, _unary_op in UNARY_OPERATORS.items():
     setattr(Proxy, f"__{_name}__", _unary(_unary_op))
 
 
