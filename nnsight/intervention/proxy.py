@@ -30,10 +30,8 @@ class InterventionProxy(Proxy):
     __slots__ = ()
 
     def save(self) -> InterventionProxy:
-        node = self.node
-        graph = node._graph_ref() or node.graph  # .graph raises the clear error if gone
-        graph.add("null", None, [node])
-        graph.saved.append(self)  # type: ignore[attr-defined]
+        super().save()
+        self._graph().saved.append(self)
         return self
 
     def _graph(self) -> InterventionGraph:
