@@ -4,11 +4,13 @@ from typing import Any, final
 
 from typing_extensions import Self
 
-__all__ = ["ROOT_ARGUMENT", "ForeignNode", "GraphCore"]
+__all__ = ["ROOT_ARGUMENT", "ForeignNode", "GraphCore", "proxy_node"]
 
 ROOT_ARGUMENT: str
 
 class ForeignNode(Exception): ...
+
+def proxy_node(proxy: Any) -> Any: ...
 
 @final
 class GraphCore:
@@ -18,6 +20,7 @@ class GraphCore:
         tensor_type: type | None = None,
         proxy_type: type | None = None,
         node_type: type | None = None,
+        graph_ref: Any | None = None,
     ) -> Self: ...
     def add_linked(
         self,
@@ -28,10 +31,8 @@ class GraphCore:
     ) -> tuple[int, list[Any], dict[str, Any]] | None: ...
     def add_object(
         self,
-        node_type: type,
         proxy_type: type,
         nodes: list[Any],
-        graph_ref: Any,
         name: str | None,
         target: Any,
         value: Any,
@@ -39,6 +40,10 @@ class GraphCore:
         kwargs: dict[str, Any] | None,
         source: tuple[str, int],
     ) -> Any | None: ...
+    def node(self, id: int, nodes: Any | None = None) -> Any: ...
+    def linked_args(self, id: int) -> tuple[list[Any], dict[str, Any]]: ...
+    def graph(self) -> Any: ...
+    def effect_facts(self) -> list[tuple[Any, bool] | None]: ...
     def add_node(
         self,
         name: str | None,

@@ -151,3 +151,30 @@ def test_nodes_from_the_rust_fast_path_fill_every_slot_like_the_constructor() ->
     assert type(fast.id) is int and fast.args == [x.node, 1] and fast.kwargs == {}
     assert fast._graph_ref is slow._graph_ref and fast._core is slow._core
     assert fast.source[0] == slow.source[0] == __file__
+
+
+def test_nodes_are_made_on_first_use_once_and_keep_their_identity() -> None:
+    graph = Graph(None, validate=False)
+    x = graph.add(target="argument", value=1, args=["x"])
+    y = x * 2
+    z = y + x
+    assert graph._nodes[-2:] == [None, None]  # not made by add
+    node = graph.nodes["add_0"]
+    assert node is z.node is graph.nodes["add_0"] and graph._nodes[-1] is node
+    assert node.args == [y.node, x.node] and node.args[0] is graph.nodes["mul_0"]
+    assert node.target is operator.add and node.source[0] == __file__
+    assert list(graph.nodes) == ["argument_0", "argument_1", "mul_0", "add_0"]
+    assert y.node.listeners == [node] and node.dependencies == [y.node, x.node]
+
+
+def test_a_node_not_made_before_its_graph_died_still_names_its_line() -> None:
+    graph = Graph(None, validate=False)
+    x = graph.add(target="argument", value=1, args=["x"])
+    y = x + 1
+    assert graph._nodes[-1] is None
+    del graph
+    node = y.node
+    assert node.name == "add_0" and node.source[0] == __file__
+    assert node.args[0].name == "argument_1" and node.target is operator.add
+    with pytest.raises(TracingError, match="no longer exists"):
+        y + 1

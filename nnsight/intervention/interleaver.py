@@ -133,7 +133,7 @@ class Interleaver:
             if swap_id is None:
                 continue
             path, kind = key
-            swap = graph._nodes[swap_id]
+            swap = graph._node(swap_id)
             if not swap.args or swap.args[0] is not node:
                 raise ExecutionError(
                     f"the swap traced at {format_source(swap.source)} became ready at "

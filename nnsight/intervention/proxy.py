@@ -35,7 +35,8 @@ class InterventionProxy(Proxy):
         return self
 
     def _graph(self) -> InterventionGraph:
-        return self.node.graph  # type: ignore[return-value]
+        graph = self._core.graph()  # leaves a node Graph.add has not made unmade
+        return self.node.graph if graph is None else graph  # type: ignore[return-value]
 
     @property
     def grad(self) -> InterventionProxy:
@@ -107,6 +108,8 @@ class SavedProxy(InterventionProxy):
     __slots__ = ()
 
     def __getattr__(self, key: str) -> Any:
+        if key == "node":  # a node Graph.add left unmade: Proxy makes it
+            return super().__getattr__(key)
         if key.startswith("__") and key.endswith("__"):
             raise AttributeError(key)
         return getattr(self.value, key)

@@ -248,7 +248,7 @@ class Tracer:
         kwargs = {**kwargs, **self._forward_kwargs}
         total = sum(invoke.size for invoke in self._invokes)
         rows = [Rows(invoke.start, invoke.size, total) for invoke in self._invokes]
-        dead = {node.id for node in graph.eliminate_dead_code()}
+        dead = set(graph._eliminate_dead_code())
         # A module whose value nothing live needs gets no hook at all.
         requests = [request for request in self._requests if request[3].id not in dead]
         interleaver = Interleaver(graph, requests, self.model._modules_by_path, rows)

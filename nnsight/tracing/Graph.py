@@ -15,16 +15,15 @@ from . import fake_cache
 from ._describe import describe
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
-from .effects import has_effect
+from .effects import has_effect, target_has_effect
 from .fake_cache import LazyFake, LazyValue
 from .Node import RESERVED_TARGETS, Node, target_name
-from .Proxy import Proxy
+from .Proxy import Proxy, bind_node, proxy_call
 from .validation import FakeRunner
 
 _EMPTY = inspect._empty
 #: Bare instances for ``add``'s hot path, filled by ``Node._setup`` and the proxy's slot.
 _new_object = object.__new__
-_set_proxy_node = Proxy.__dict__["node"].__set__
 
 
 class NodeMap(Mapping[str, Node]):
@@ -35,24 +34,24 @@ class NodeMap(Mapping[str, Node]):
 
     __slots__ = ("_core", "_nodes")
 
-    def __init__(self, core: GraphCore, nodes: list[Node]) -> None:
+    def __init__(self, core: GraphCore, nodes: list[Node | None]) -> None:
         self._core = core
         self._nodes = nodes
 
     def __getitem__(self, name: str) -> Node:
-        return self._nodes[self._core.id_of(name)]
+        return node_at(self._core, self._nodes, self._core.id_of(name))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._core
 
     def __iter__(self) -> Iterator[str]:
-        return (node.name for node in list(self._nodes))
+        return (self._core.name_of(i) for i in range(len(self._nodes)))
 
     def __len__(self) -> int:
         return len(self._nodes)
 
     def __repr__(self) -> str:
-        return f"NodeMap({[node.name for node in self._nodes]})"
+        return f"NodeMap({list(self)})"
 
 
 class Graph:
@@ -90,9 +89,10 @@ class Graph:
         proxy_class: type[Proxy] = Proxy,
         validate: bool = True,
     ) -> None:
-        self._core = GraphCore(_EMPTY, torch.Tensor, Proxy, Node)
-        self._nodes: list[Node] = []
         self._weak_self = weakref.ref(self)  # shared by all nodes (they hold the graph weakly)
+        self._core = GraphCore(_EMPTY, torch.Tensor, Proxy, Node, self._weak_self)
+        #: Node objects by id; None for a node not made yet (see ``_node``).
+        self._nodes: list[Node | None] = []
         self._fake = FakeRunner()
         self.nodes = NodeMap(self._core, self._nodes)
         self.proxy_class = proxy_class
@@ -114,7 +114,7 @@ class Graph:
     @property
     def swap(self) -> Node | None:
         swap = self._core.swap()
-        return None if swap is None else self._nodes[swap]
+        return None if swap is None else self._node(swap)
 
     @swap.setter
     def swap(self, node: Node | None) -> None:
@@ -161,9 +161,8 @@ class Graph:
             # The usual case in one call into the core: link, make the node and its proxy.
             try:
                 proxy = self._core.add_object(
-                    Node, proxy_class, self._nodes, self._weak_self, name, target, value,
-                    args, kwargs, source,
-                )  # fmt: skip
+                    proxy_class, self._nodes, name, target, value, args, kwargs, source
+                )
             except ForeignNode:
                 proxy = None  # Node._setup resolves finished nodes or raises
             if proxy is not None:
@@ -172,7 +171,7 @@ class Graph:
         node._setup(name, self, value, target, args, kwargs, source)
         if bare_proxy:
             proxy = _new_object(proxy_class)
-            _set_proxy_node(proxy, node)
+            bind_node(proxy, node)
             return proxy
         return proxy_class(node)
 
@@ -239,8 +238,17 @@ class Graph:
         Dead nodes never execute and hold no values alive. Applies from the next
         :meth:`compile`; adding a node undoes it. (nnsight 0.2 had this method as a stub.)
         """
-        dead = self._core.eliminate_dead_code([has_effect(node) for node in self._nodes])
-        return [self._nodes[i] for i in dead]
+        return [self._node(i) for i in self._eliminate_dead_code()]
+
+    def _eliminate_dead_code(self) -> list[int]:
+        """``eliminate_dead_code``, returning ids: it makes no node ``add`` left unmade."""
+        effects = []
+        for i, (node, facts) in enumerate(zip(self._nodes, self._core.effect_facts(), strict=True)):
+            if node is None and facts is not None and facts[0] is not proxy_call:
+                effects.append(target_has_effect(*facts))  # leaves the node unmade
+            else:
+                effects.append(has_effect(self._node(i) if node is None else node))
+        return self._core.eliminate_dead_code(effects)
 
     # ----- running ----------------------------------------------------------------------------
 
@@ -288,13 +296,27 @@ class Graph:
     def take_events(self) -> list[tuple[str, str]]:
         """Events recorded since the last call, as ``(kind, node name)`` with kind one of
         ``'execute'``, ``'set'`` and ``'destroy'``, in the order they happened."""
-        return [(kind, self._nodes[i].name) for kind, i in self._core.take_events()]
+        return [(kind, self._core.name_of(i)) for kind, i in self._core.take_events()]
+
+    def _node(self, id: int) -> Node:
+        """The node with this id, made now if ``add`` left it to be made on first use."""
+        return node_at(self._core, self._nodes, id)
+
+    def _all_nodes(self) -> list[Node]:
+        """Every node, in the order added (making those not made yet)."""
+        return [self._node(i) for i in range(len(self._nodes))]
 
     def __str__(self) -> str:
-        return "\n".join(str(node) for node in self._nodes)
+        return "\n".join(str(node) for node in self._all_nodes())
 
     def __repr__(self) -> str:
         return f"<Graph: {len(self._nodes)} nodes>"
+
+
+def node_at(core: GraphCore, nodes: list[Node | None], id: int) -> Node:
+    """``nodes[id]``, or the node the core makes for it when it is not made yet."""
+    node = nodes[id]
+    return core.node(id, nodes) if node is None else node
 
 
 def _is_reserved(target: Any) -> bool:

@@ -6,6 +6,11 @@ only Python needs: the target, the args and kwargs (with proxies replaced by the
 proxy value, and the source line that made it.
 
 A proxy value may be a :class:`~nnsight.tracing.fake_cache.LazyValue`, computed on first read.
+
+Nodes made by ``Graph.add`` are lazy: the core keeps what the node is made of, its proxy
+names it by id, and the ``Node`` object (and later its args and kwargs) is made on first use.
+A graph whose proxies are dropped as it is built thus holds no Python object per node, which
+keeps CPython's full collections (each walks torch's whole heap) from firing as it grows.
 """
 
 from __future__ import annotations
@@ -67,23 +72,23 @@ class Node:
 
     __slots__ = (
         "__weakref__",
+        "_args",
         "_core",
         "_graph_ref",
+        "_kwargs",
         "_name",
         "_proxy_value",
-        "args",
         "id",
-        "kwargs",
         "source",
         "target",
     )
 
     id: int
-    args: list[Any]
-    kwargs: dict[str, Any]
     target: Any
     source: tuple[str, int]
     _name: str | None
+    _args: list[Any] | None
+    _kwargs: dict[str, Any] | None
     _core: GraphCore
     _graph_ref: weakref.ref[Graph]
     _proxy_value: Any
@@ -124,7 +129,7 @@ class Node:
             args = [] if args is None else list(args)
             kwargs = {} if kwargs is None else dict(kwargs)
             linked = _add_walked(core, name, target, args, kwargs, source)
-        self.id, self.args, self.kwargs = linked
+        self.id, self._args, self._kwargs = linked
         self._name = name
         self._core = core
         self._graph_ref = graph._weak_self
@@ -132,6 +137,40 @@ class Node:
         self._proxy_value = value
         self.source = source
         graph._nodes.append(self)
+
+    @property
+    def args(self) -> list[Any]:
+        """Positional arguments, with proxies replaced by their nodes."""
+        args = self._args
+        if args is None:
+            args = self._load_links()[0]
+        return args
+
+    @args.setter
+    def args(self, args: list[Any]) -> None:
+        self._args = args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments, with proxies replaced by their nodes."""
+        kwargs = self._kwargs
+        if kwargs is None:
+            kwargs = self._load_links()[1]
+        return kwargs
+
+    @kwargs.setter
+    def kwargs(self, kwargs: dict[str, Any]) -> None:
+        self._kwargs = kwargs
+
+    def _load_links(self) -> tuple[list[Any], dict[str, Any]]:
+        """Fills whichever of args and kwargs is unset from the core (a node ``Graph.add``
+        made lazily keeps them there until first read)."""
+        args, kwargs = self._core.linked_args(self.id)
+        if self._args is None:
+            self._args = args
+        if self._kwargs is None:
+            self._kwargs = kwargs
+        return self._args, self._kwargs
 
     @property
     def proxy_value(self) -> Any:
@@ -164,7 +203,7 @@ class Node:
             raise ReferenceError(f"the graph of node '{self.name}' no longer exists")
         return graph
 
-    def _graph_nodes(self) -> list[Node] | None:
+    def _graph_nodes(self) -> list[Node | None] | None:
         graph = self._graph_ref()
         return None if graph is None else graph._nodes
 
@@ -195,14 +234,14 @@ class Node:
     @property
     def listeners(self) -> list[Node]:
         """Nodes that depend on this node."""
-        nodes = self.graph._nodes
-        return [nodes[i] for i in self._core.listeners(self.id)]
+        graph = self.graph
+        return [graph._node(i) for i in self._core.listeners(self.id)]
 
     @property
     def dependencies(self) -> list[Node]:
         """Nodes this node depends on."""
-        nodes = self.graph._nodes
-        return [nodes[i] for i in self._core.dependencies(self.id)]
+        graph = self.graph
+        return [graph._node(i) for i in self._core.dependencies(self.id)]
 
     @property
     def remaining_listeners(self) -> int:

@@ -2,7 +2,7 @@
 
 Every operation on a proxy (operators, indexing, attribute access, calls, ``torch`` functions)
 adds a node to the proxy's graph and returns the new node's proxy. This module imports nothing
-else of the tracing layer: a proxy reaches its graph only through ``proxy.node.add``.
+else of the tracing layer: a proxy reaches its graph through its core (``_graph_of``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import operator
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .._core import proxy_node
 from ..errors import TracingError
 from ._describe import describe
 from ._walk import iter_instances
 
 if TYPE_CHECKING:
+    from .._core import GraphCore
     from .Node import Node
 
 _EMPTY = inspect._empty
@@ -48,11 +50,13 @@ class Proxy:
         * Dunder attributes (``proxy.__array__``) are not traced: libraries probe for them.
     """
 
-    __slots__ = ("__weakref__", "node")
+    __slots__ = ("__weakref__", "_core", "_id", "node")
     node: Node
+    _core: GraphCore
+    _id: int
 
     def __init__(self, node: Node) -> None:
-        _set_node(self, node)
+        bind_node(self, node)
 
     @property
     def value(self) -> Any:
@@ -62,7 +66,7 @@ class Proxy:
 
     def save(self) -> Proxy:
         """Keeps this value alive after the graph runs (adds a ``null`` listener); returns self."""
-        self.node.add(target="null", value=None, args=[self.node])
+        _graph_of(self).add("null", None, [self])
         return self
 
     # ----- description ------------------------------------------------------------------------
@@ -82,24 +86,24 @@ class Proxy:
 
     # ----- traced Python protocol -------------------------------------------------------------
 
-    def __getattr__(self, key: str) -> Proxy:
+    def __getattr__(self, key: str) -> Any:
+        if key == "node":  # made lazily by Graph.add: make the Node now
+            return proxy_node(self)
         if key.startswith("__") and key.endswith("__"):
             raise AttributeError(key)
-        node = self.node
-        return node.add(getattr, _EMPTY, [node, key])
+        return _graph_of(self).add(getattr, _EMPTY, [self, key])
 
     def __setattr__(self, key: str, value: Any) -> None:
-        self.node.add(target=setattr, args=[self.node, key, value])
+        _graph_of(self).add(setattr, _EMPTY, [self, key, value])
 
     def __getitem__(self, key: Any) -> Proxy:
-        node = self.node
-        return node.add(operator.getitem, _EMPTY, [node, key])
+        return _graph_of(self).add(operator.getitem, _EMPTY, [self, key])
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.node.add(target=operator.setitem, args=[self.node, key, value])
+        _graph_of(self).add(operator.setitem, _EMPTY, [self, key, value])
 
     def __call__(self, *args: Any, **kwargs: Any) -> Proxy:
-        return self.node.add(target=proxy_call, args=[self.node, *args], kwargs=kwargs)
+        return _graph_of(self).add(proxy_call, _EMPTY, [self, *args], kwargs)
 
     def __len__(self) -> int:
         return self._static_length("len()")
@@ -158,10 +162,19 @@ class Proxy:
     ) -> Proxy:
         kwargs = {} if kwargs is None else kwargs
         owner = _owning_proxy((args, kwargs), orig_method)
-        return owner.node.add(target=orig_method, args=list(args), kwargs=kwargs)
+        return _graph_of(owner).add(orig_method, _EMPTY, list(args), kwargs)
 
 
-_set_node = Proxy.__dict__["node"].__set__  # the slot, bypassing __setattr__
+_set_node = Proxy.__dict__["node"].__set__  # the slots, bypassing __setattr__
+_set_core = Proxy.__dict__["_core"].__set__
+_set_id = Proxy.__dict__["_id"].__set__
+
+
+def bind_node(proxy: Proxy, node: Node) -> None:
+    """Makes ``proxy`` the proxy of ``node``."""
+    _set_node(proxy, node)
+    _set_core(proxy, node._core)
+    _set_id(proxy, node.id)
 
 
 def _owning_proxy(values: Any, target: Any) -> Proxy:
@@ -170,7 +183,7 @@ def _owning_proxy(values: Any, target: Any) -> Proxy:
     for proxy in iter_instances(values, Proxy):
         if owner is None:
             owner = proxy
-        elif proxy.node._core is not owner.node._core:
+        elif proxy._core is not owner._core:
             raise TracingError(
                 f"{getattr(target, '__name__', target)!s} mixes proxies of two graphs "
                 f"('{owner.node.name}' and '{proxy.node.name}'); a proxy belongs to the trace "
@@ -181,28 +194,30 @@ def _owning_proxy(values: Any, target: Any) -> Proxy:
     return owner
 
 
+def _graph_of(proxy: Proxy) -> Any:
+    """What to add a proxy's next node to: its graph, or, once the graph is gone, its node
+    (whose ``add`` raises the error saying so). Leaves a lazily made node unmade."""
+    graph = proxy._core.graph()
+    return proxy.node if graph is None else graph
+
+
 def _binary(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
     def method(self: Proxy, other: Any) -> Proxy:
-        node = self.node
-        graph = node._graph_ref()  # Node.add without its frame; it raises if the graph is gone
-        return (graph or node).add(op, _EMPTY, [node, other])
+        return _graph_of(self).add(op, _EMPTY, [self, other])
 
     return method
 
 
 def _reflected(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
     def method(self: Proxy, other: Any) -> Proxy:
-        node = self.node
-        graph = node._graph_ref()
-        return (graph or node).add(op, _EMPTY, [other, node])
+        return _graph_of(self).add(op, _EMPTY, [other, self])
 
     return method
 
 
 def _unary(op: Callable[[Any], Any]) -> Callable[[Proxy], Proxy]:
     def method(self: Proxy) -> Proxy:
-        node = self.node
-        return node.add(op, _EMPTY, [node])
+        return _graph_of(self).add(op, _EMPTY, [self])
 
     return method
 
@@ -256,6 +271,6 @@ def proxy_wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
         if next(iter_instances((args, kwargs), Proxy), None) is None:
             return fn(*args, **kwargs)
         owner = _owning_proxy((args, kwargs), fn)
-        return owner.node.add(target=fn, args=list(args), kwargs=kwargs)
+        return _graph_of(owner).add(fn, _EMPTY, list(args), kwargs)
 
     return wrapped

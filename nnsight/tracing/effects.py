@@ -54,10 +54,18 @@ def has_effect(node: Node) -> bool:
     target = node.target
     if isinstance(target, str):
         return target not in _NO_EFFECT_TARGETS
-    if "out" in node.kwargs:
-        return True
     if target is proxy_call:
-        return not _pure_method_call(node)
+        return "out" in node.kwargs or not _pure_method_call(node)
+    return target_has_effect(target, "out" in node.kwargs)
+
+
+def target_has_effect(target: Any, passes_out: bool) -> bool:
+    """``has_effect`` for a node of any target but ``proxy_call`` (whose answer depends on the
+    method it calls), from its target and whether it passes ``out=``."""
+    if isinstance(target, str):
+        return target not in _NO_EFFECT_TARGETS
+    if passes_out:
+        return True
     try:
         if target in _PURE_TARGETS:
             return False

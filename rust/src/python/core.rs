@@ -4,8 +4,16 @@
 //! [`CallPlan`]: executing one builds the argument tuple in Rust, moves tensors to the first
 //! tensor's device when they differ, and calls the target, with no Python frame of ours in
 //! between. Every other executable node is run by calling `nodes[id]._run()` on the Python
-//! `Node` list the caller passes in (the core never stores Python `Node` objects, so it forms no
-//! reference cycle with them).
+//! `Node` list the caller passes in (the core never stores Python `Node` objects, and holds its
+//! graph only weakly, so it forms no reference cycle with them).
+//!
+//! Lazy nodes: `add_object` (the `Graph.add` hot path) makes only a proxy that names its node
+//! by `(core, id)`, keeps the node's target and arguments in its plan and its name, proxy value
+//! and source in a [`Pending`] record, and puts None in the graph's `_nodes` list. The Python
+//! `Node` is made on first use (`node_object`) and then kept in that list. A graph built with
+//! its proxies dropped thus holds no GC-tracked Python object per node: with torch imported,
+//! each of CPython's full collections walks ~190k objects, and eager nodes set one off every
+//! ~15k adds.
 //!
 //! Re-entrancy: the borrow of `self` is never held across a call into Python, so a target may
 //! set values on this very graph (a model hook does); that call drains its own frame.
@@ -25,7 +33,45 @@ pyo3::create_exception!(
 );
 
 pub fn register(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
-    m.add("ForeignNode", m.py().get_type::<ForeignNode>())
+    m.add("ForeignNode", m.py().get_type::<ForeignNode>())?;
+    m.add_function(pyo3::wrap_pyfunction!(proxy_node, m)?)
+}
+
+/// The node of a proxy `GraphCore.add_object` made, which names its node by its `_core` and
+/// `_id` slots: made (or found) by the core and stored in the proxy's `node` slot.
+#[pyfunction]
+fn proxy_node<'py>(proxy: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = proxy.py();
+    let core = generic_getattr(proxy, intern!(py, "_core"))
+        .and_then(|core| core.cast_into::<PyGraphCore>().ok());
+    let id = generic_getattr(proxy, intern!(py, "_id"));
+    let (Some(core), Some(id)) = (core, id) else {
+        return Err(pyo3::exceptions::PyAttributeError::new_err(format!(
+            "{} object has no node",
+            proxy.get_type().name()?
+        )));
+    };
+    let node = PyGraphCore::node_object(&core, id.extract()?, None)?;
+    set_slot(proxy, intern!(py, "node"), &node)?;
+    Ok(node)
+}
+
+/// `object.__getattribute__(obj, name)`, None when it raises (an unset slot): a proxy's traced
+/// `__getattr__` never runs.
+fn generic_getattr<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+) -> Option<Bound<'py, PyAny>> {
+    let py = obj.py();
+    // SAFETY: valid, GIL-held pointers; a new reference or NULL comes back.
+    let ptr = unsafe { pyo3::ffi::PyObject_GenericGetAttr(obj.as_ptr(), name.as_ptr()) };
+    if ptr.is_null() {
+        let _ = PyErr::take(py);
+        None
+    } else {
+        // SAFETY: `ptr` is a new, non-null reference.
+        Some(unsafe { Bound::from_owned_ptr(py, ptr) })
+    }
 }
 
 /// One positional or keyword argument of a fast call.
@@ -42,9 +88,23 @@ struct CallPlan {
 }
 
 enum Plan {
-    /// Not executed by the core, or executed by the Python `Node._run`.
+    /// Added by `add_node`: its Python `Node` was made eagerly and holds its arguments.
     Python,
+    /// Called by the core.
     Call(CallPlan),
+    /// A reserved target (`argument`, `swap`, `null`, `grad`): never called by the core, the
+    /// plan only keeps its linked arguments for a `Node` made later.
+    Held(CallPlan),
+}
+
+/// What a node added by `add_object` needs for its Python `Node` (see
+/// `PyGraphCore::node_object`); the target and arguments stay in its plan. The proxy value
+/// moves into the first `Node` kept in the graph's list; name and source stay, so a proxy that
+/// outlives its graph (and that list) can still make a `Node` that names its user line.
+struct Pending {
+    name: Option<Py<PyString>>,
+    proxy_value: Option<Py<PyAny>>,
+    source: Py<PyAny>,
 }
 
 /// What the drain loop does with the node it popped, decided while `self` is borrowed.
@@ -82,6 +142,9 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Grad => "grad",
     }
 }
+
+/// Puts a linked argument's node into the caller's copy of the arguments.
+type Replace<'a, 'py> = &'a dyn Fn(&Bound<'py, PyAny>) -> PyResult<()>;
 
 /// `add_linked`'s result: the new id and the linked copies of args and kwargs.
 type Linked<'py> = (i64, Bound<'py, PyList>, Bound<'py, PyDict>);
@@ -122,6 +185,20 @@ fn set_slot(
     }
 }
 
+/// The id a proxy of this graph names its node by (its `_core` and `_id` slots), or None for a
+/// proxy of another graph or one without those slots. Reads the slots as `object.__getattribute__`
+/// does, so a proxy's traced `__getattr__` never runs.
+fn proxy_id(core: &Bound<'_, PyGraphCore>, proxy: &Bound<'_, PyAny>) -> PyResult<Option<NodeId>> {
+    let py = proxy.py();
+    match generic_getattr(proxy, intern!(py, "_core")) {
+        Some(owner) if owner.is(core) => match generic_getattr(proxy, intern!(py, "_id")) {
+            Some(id) => Ok(Some(id.extract()?)),
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    }
+}
+
 fn to_id(id: i64) -> Option<NodeId> {
     NodeId::try_from(id).ok()
 }
@@ -139,6 +216,10 @@ pub struct PyGraphCore {
     /// `nnsight.tracing.Proxy` and `Node`, for `add_linked`'s argument scan.
     proxy_type: Option<Py<PyType>>,
     node_type: Option<Py<PyType>>,
+    /// A weak reference to the Python `Graph`, whose `_nodes` list caches the `Node` objects.
+    graph_ref: Option<Py<PyAny>>,
+    /// Per node added by `add_object`: what its `Node` object is made from.
+    pending: Vec<Option<Pending>>,
 }
 
 /// The Python types `add_linked` tells apart, cloned out of the core for one scan.
@@ -213,21 +294,32 @@ impl PyGraphCore {
         is_subtype(value, &self.tensor_type)
     }
 
-    /// Links one top-level argument: a proxy is swapped for its node (via `replace`), a node
-    /// becomes a dependency and a node slot, anything else a constant slot. `None` when a
-    /// container holds nodes, proxies or tensors: the Python walk must take over.
+    /// Links one top-level argument: a proxy or node of this graph becomes a dependency and a
+    /// node slot, anything else a constant slot. With `replace`, a proxy is also swapped for
+    /// its node in the caller's copy of the arguments. `None` when a container holds nodes,
+    /// proxies or tensors: the Python walk must take over.
     fn link<'py>(
         slf: &Bound<'py, Self>,
         types: &ScanTypes,
         item: Bound<'py, PyAny>,
         deps: &mut Vec<NodeId>,
-        replace: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<()>,
+        replace: Option<Replace<'_, 'py>>,
     ) -> PyResult<Option<Slot>> {
         let py = slf.py();
         let mut item = item;
         if is_subtype(&item, &types.proxy) {
+            // A proxy of this graph names its node by id: its `Node` need not exist yet.
+            if let Some(id) = proxy_id(slf, &item)? {
+                if let Some(replace) = replace {
+                    replace(&item.getattr(intern!(py, "node"))?)?;
+                }
+                deps.push(id);
+                return Ok(Some(Slot::Node(id)));
+            }
             item = item.getattr(intern!(py, "node"))?;
-            replace(&item)?;
+            if let Some(replace) = replace {
+                replace(&item)?;
+            }
         }
         if is_subtype(&item, &types.node) {
             if !item.getattr(intern!(py, "_core"))?.is(slf) {
@@ -241,6 +333,176 @@ impl PyGraphCore {
             return Ok(None);
         }
         Ok(Some(Slot::Const(item.unbind())))
+    }
+
+    /// Links a node's top-level arguments into a plan and adds the node (see `add_linked`).
+    /// `copies`, when given, are the caller's copies of `args` and `kwargs`: they are what is
+    /// scanned, and their proxies are replaced by nodes. `None`: nothing was added.
+    fn add_scanned<'py>(
+        slf: &Bound<'py, Self>,
+        name: Option<&str>,
+        target: &Bound<'py, PyAny>,
+        args: &[Bound<'py, PyAny>],
+        kwargs: Option<&Bound<'py, PyDict>>,
+        copies: Option<(&Bound<'py, PyList>, &Bound<'py, PyDict>)>,
+    ) -> PyResult<Option<NodeId>> {
+        let py = slf.py();
+        let kind = match target.cast::<PyString>() {
+            Ok(reserved) => match parse_kind(reserved.to_str()?) {
+                Ok(Kind::Op) | Err(_) => return Ok(None), // a method name: the walk handles it
+                Ok(kind) => kind,
+            },
+            Err(_) => Kind::Op,
+        };
+        let types = {
+            let this = slf.borrow();
+            let clone = |ty: &Option<Py<PyType>>| ty.as_ref().map(|ty| ty.clone_ref(py));
+            ScanTypes {
+                proxy: clone(&this.proxy_type),
+                node: clone(&this.node_type),
+                tensor: clone(&this.tensor_type),
+            }
+        };
+        let mut deps = Vec::new();
+        let mut plan = CallPlan {
+            target: target.clone().unbind(),
+            args: Vec::with_capacity(args.len()),
+            kwargs: Vec::with_capacity(kwargs.map_or(0, |kwargs| kwargs.len())),
+        };
+        for (i, item) in args.iter().enumerate() {
+            let replace =
+                copies.map(|(list, _)| move |node: &Bound<'py, PyAny>| list.set_item(i, node));
+            let replace = replace
+                .as_ref()
+                .map(|f| f as &dyn Fn(&Bound<'py, PyAny>) -> PyResult<()>);
+            match Self::link(slf, &types, item.clone(), &mut deps, replace)? {
+                Some(slot) => plan.args.push(slot),
+                None => return Ok(None),
+            }
+        }
+        if let Some(kwargs) = kwargs {
+            for (key, item) in kwargs.iter() {
+                let replace = copies.map(|(_, dict)| {
+                    let key = key.clone();
+                    move |node: &Bound<'py, PyAny>| dict.set_item(&key, node)
+                });
+                let replace = replace
+                    .as_ref()
+                    .map(|f| f as &dyn Fn(&Bound<'py, PyAny>) -> PyResult<()>);
+                match Self::link(slf, &types, item, &mut deps, replace)? {
+                    Some(slot) => plan
+                        .kwargs
+                        .push((key.cast_into::<PyString>()?.unbind(), slot)),
+                    None => return Ok(None),
+                }
+            }
+        }
+        let argument_key = match kind {
+            Kind::Argument => match args.first().map(|key| key.cast::<PyString>()) {
+                Some(Ok(key)) => Some(key.to_str()?),
+                _ => return Ok(None), // the walk raises the error naming the bad key
+            },
+            _ => None,
+        };
+        let target_name = match kind {
+            Kind::Op => target_name(target)?,
+            _ => target.cast::<PyString>()?.clone(),
+        };
+        let mut this = slf.borrow_mut();
+        let id = this
+            .graph
+            .add_node(name, target_name.to_str()?, kind, &deps, argument_key)?;
+        this.plans.push(match kind {
+            Kind::Op => Plan::Call(plan),
+            _ => Plan::Held(plan),
+        });
+        this.pending.push(None);
+        Ok(Some(id))
+    }
+
+    fn check_id(&self, id: NodeId) -> PyResult<()> {
+        if (id as usize) < self.graph.len() {
+            Ok(())
+        } else {
+            Err(PyValueError::new_err(format!("no node with id {id}")))
+        }
+    }
+
+    /// The live Python `Graph`'s `_nodes` list, if the graph still exists.
+    fn graph_nodes<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(graph_ref) = &self.graph_ref else {
+            return Ok(None);
+        };
+        let graph = graph_ref.bind(py).call0()?;
+        if graph.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(graph.getattr(intern!(py, "_nodes"))?))
+    }
+
+    /// Node `id`'s Python `Node`: the one in `nodes` (the graph's `_nodes` when not given), or,
+    /// for a node `add_object` made without one, a new one, kept in `nodes` when the graph is
+    /// alive (the proxy value then moves into it).
+    fn node_object<'py>(
+        slf: &Bound<'py, Self>,
+        id: NodeId,
+        nodes: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let nodes = match nodes {
+            Some(nodes) => Some(nodes.clone()),
+            None => slf.borrow().graph_nodes(py)?,
+        };
+        if let Some(nodes) = &nodes {
+            let node = nodes.get_item(id)?;
+            if !node.is_none() {
+                return Ok(node);
+            }
+        }
+        let (node_type, graph_ref, target, name, proxy_value, source) = {
+            let this = slf.borrow();
+            this.check_id(id)?;
+            let missing = || {
+                PyRuntimeError::new_err(format!(
+                    "node {id} has no Python object and no data to make one"
+                ))
+            };
+            let pending = this.pending[id as usize].as_ref().ok_or_else(missing)?;
+            let target = match &this.plans[id as usize] {
+                Plan::Call(plan) | Plan::Held(plan) => plan.target.clone_ref(py),
+                Plan::Python => return Err(missing()),
+            };
+            (
+                this.node_type.as_ref().ok_or_else(missing)?.clone_ref(py),
+                this.graph_ref.as_ref().ok_or_else(missing)?.clone_ref(py),
+                target,
+                pending.name.as_ref().map(|name| name.clone_ref(py)),
+                match &pending.proxy_value {
+                    Some(value) => value.clone_ref(py),
+                    None => this.empty.clone_ref(py),
+                },
+                pending.source.clone_ref(py),
+            )
+        };
+        let node = new_bare(node_type.bind(py))?;
+        let none = py.None().into_bound(py);
+        set_slot(&node, intern!(py, "id"), &id.into_pyobject(py)?.into_any())?;
+        set_slot(&node, intern!(py, "_args"), &none)?;
+        set_slot(&node, intern!(py, "_kwargs"), &none)?;
+        let name = name.map_or(none, |name| name.into_bound(py).into_any());
+        set_slot(&node, intern!(py, "_name"), &name)?;
+        set_slot(&node, intern!(py, "_core"), slf.as_any())?;
+        set_slot(&node, intern!(py, "_graph_ref"), graph_ref.bind(py))?;
+        set_slot(&node, intern!(py, "target"), target.bind(py))?;
+        set_slot(&node, intern!(py, "_proxy_value"), proxy_value.bind(py))?;
+        set_slot(&node, intern!(py, "source"), source.bind(py))?;
+        if let Some(nodes) = nodes {
+            nodes.set_item(id, &node)?;
+            if let Some(pending) = &mut slf.borrow_mut().pending[id as usize] {
+                pending.proxy_value = None;
+            }
+        }
+        Ok(node)
     }
 
     /// Builds the call of a fast op node from its plan and the current values.
@@ -309,7 +571,7 @@ impl PyGraphCore {
         let step = match (this.graph.kind(id), &this.plans[id as usize]) {
             (Ok(Kind::Swap), _) => Ok(Step::Swap),
             (_, Plan::Call(plan)) => this.prepare_call(py, plan),
-            (_, Plan::Python) => Ok(Step::Python),
+            (_, Plan::Python | Plan::Held(_)) => Ok(Step::Python),
         };
         Some((id, step))
     }
@@ -327,8 +589,7 @@ impl PyGraphCore {
                     kwargs,
                 } => target.call(args, kwargs.as_ref()).map(Some),
                 Step::Python => match nodes {
-                    Some(nodes) => nodes
-                        .get_item(id)?
+                    Some(nodes) => Self::node_object(slf, id, Some(nodes))?
                         .call_method0(intern!(py, "_run"))
                         .map(Some),
                     None => Err(PyRuntimeError::new_err(
@@ -370,8 +631,7 @@ impl PyGraphCore {
         slf.borrow_mut().graph.abort(&mut released);
         drop(released);
         let Some(nodes) = nodes else { return err };
-        let wrapped = nodes
-            .get_item(id)
+        let wrapped = Self::node_object(slf, id, Some(nodes))
             .and_then(|node| node.call_method1(intern!(py, "_execution_error"), (err.value(py),)));
         match wrapped {
             Ok(exc) => PyErr::from_value(exc),
@@ -383,12 +643,13 @@ impl PyGraphCore {
 #[pymethods]
 impl PyGraphCore {
     #[new]
-    #[pyo3(signature = (empty, tensor_type=None, proxy_type=None, node_type=None))]
+    #[pyo3(signature = (empty, tensor_type=None, proxy_type=None, node_type=None, graph_ref=None))]
     fn new(
         empty: Py<PyAny>,
         tensor_type: Option<Py<PyType>>,
         proxy_type: Option<Py<PyType>>,
         node_type: Option<Py<PyType>>,
+        graph_ref: Option<Py<PyAny>>,
     ) -> Self {
         Self {
             graph: Graph::new(),
@@ -397,6 +658,8 @@ impl PyGraphCore {
             tensor_type,
             proxy_type,
             node_type,
+            graph_ref,
+            pending: Vec::new(),
         }
     }
 
@@ -418,13 +681,6 @@ impl PyGraphCore {
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Option<Linked<'py>>> {
         let py = slf.py();
-        let kind = match target.cast::<PyString>() {
-            Ok(reserved) => match parse_kind(reserved.to_str()?) {
-                Ok(Kind::Op) | Err(_) => return Ok(None), // a method name: the walk handles it
-                Ok(kind) => kind,
-            },
-            Err(_) => Kind::Op,
-        };
         let args = match args {
             None => PyList::empty(py),
             Some(args) => match args.cast::<PyList>() {
@@ -436,113 +692,166 @@ impl PyGraphCore {
             None => PyDict::new(py),
             Some(kwargs) => kwargs.copy()?,
         };
-        let types = {
-            let this = slf.borrow();
-            let clone = |ty: &Option<Py<PyType>>| ty.as_ref().map(|ty| ty.clone_ref(py));
-            ScanTypes {
-                proxy: clone(&this.proxy_type),
-                node: clone(&this.node_type),
-                tensor: clone(&this.tensor_type),
-            }
-        };
-        let mut deps = Vec::new();
-        let mut plan = CallPlan {
-            target: target.clone().unbind(),
-            args: Vec::with_capacity(args.len()),
-            kwargs: Vec::with_capacity(kwargs.len()),
-        };
-        for (i, item) in args.iter().enumerate() {
-            match Self::link(slf, &types, item, &mut deps, |node| args.set_item(i, node))? {
-                Some(slot) => plan.args.push(slot),
-                None => return Ok(None),
-            }
-        }
-        for (key, item) in kwargs.iter() {
-            match Self::link(slf, &types, item, &mut deps, |node| {
-                kwargs.set_item(&key, node)
-            })? {
-                Some(slot) => plan
-                    .kwargs
-                    .push((key.cast_into::<PyString>()?.unbind(), slot)),
-                None => return Ok(None),
-            }
-        }
-        let argument_key = match kind {
-            Kind::Argument => match args.get_item(0).ok().map(|key| key.cast_into::<PyString>()) {
-                Some(Ok(key)) => Some(key),
-                _ => return Ok(None), // the walk raises the error naming the bad key
-            },
-            _ => None,
-        };
-        let argument_key = match &argument_key {
-            Some(key) => Some(key.to_str()?),
-            None => None,
-        };
-        let target_name = match kind {
-            Kind::Op => target_name(&target)?,
-            _ => target.cast_into::<PyString>()?,
-        };
-        let mut this = slf.borrow_mut();
-        let id = this
-            .graph
-            .add_node(name, target_name.to_str()?, kind, &deps, argument_key)?;
-        this.plans.push(match kind {
-            Kind::Op => Plan::Call(plan),
-            _ => Plan::Python,
-        });
-        Ok(Some((i64::from(id), args, kwargs)))
+        let items: Vec<_> = args.iter().collect();
+        let id = Self::add_scanned(
+            slf,
+            name,
+            &target,
+            &items,
+            Some(&kwargs),
+            Some((&args, &kwargs)),
+        )?;
+        Ok(id.map(|id| (i64::from(id), args, kwargs)))
     }
 
-    /// `Graph.add`'s hot path, in one call: links the node as `add_linked` does, makes the
-    /// Python node (a bare `node_type` instance whose slots are filled as `Node._setup` fills
-    /// them), appends it to `nodes`, and returns a bare `proxy_type` instance holding it.
-    /// Returns None, having added nothing, where `add_linked` would; it raises what
-    /// `add_linked` raises.
-    #[allow(clippy::too_many_arguments)] // one crossing instead of three: that is the point
-    #[pyo3(signature = (node_type, proxy_type, nodes, graph_ref, name, target, value, args, kwargs, source))]
+    /// `Graph.add`'s hot path, in one call: links the node as `add_linked` does (without
+    /// copying the arguments), keeps `name`, `value` and `source` for its `Node`, appends None
+    /// to `nodes` in its place, and returns a bare `proxy_type` instance whose `_core` and
+    /// `_id` slots name it. The `Node` object is made on first use (`node`): a graph whose
+    /// proxies are dropped as it is built holds no Python object per node, so building one
+    /// does not feed CPython's collector. Returns None, having added nothing, where
+    /// `add_linked` would; it raises what `add_linked` raises.
+    #[allow(clippy::too_many_arguments)]
     fn add_object<'py>(
         slf: &Bound<'py, Self>,
-        node_type: &Bound<'py, PyType>,
         proxy_type: &Bound<'py, PyType>,
         nodes: &Bound<'py, PyList>,
-        graph_ref: &Bound<'py, PyAny>,
         name: Option<Bound<'py, PyString>>,
         target: Bound<'py, PyAny>,
-        value: &Bound<'py, PyAny>,
+        value: Bound<'py, PyAny>,
         args: Option<Bound<'py, PyAny>>,
         kwargs: Option<Bound<'py, PyDict>>,
-        source: &Bound<'py, PyAny>,
+        source: Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = slf.py();
+        if slf.borrow().graph_ref.is_none() {
+            return Err(PyRuntimeError::new_err(
+                "add_object needs a GraphCore made with its graph's weak reference",
+            ));
+        }
+        let items: Vec<Bound<'py, PyAny>> = match &args {
+            None => Vec::new(),
+            Some(args) => match args.cast::<PyList>() {
+                Ok(list) => list.iter().collect(),
+                Err(_) => match args.cast::<PyTuple>() {
+                    Ok(tuple) => tuple.iter().collect(),
+                    Err(_) => args.try_iter()?.collect::<PyResult<_>>()?,
+                },
+            },
+        };
         let name_str = match &name {
             Some(name) => Some(name.to_str()?),
             None => None,
         };
-        let Some((id, args, kwargs)) =
-            Self::add_linked(slf, name_str, target.clone(), args, kwargs)?
+        let Some(id) = Self::add_scanned(slf, name_str, &target, &items, kwargs.as_ref(), None)?
         else {
             return Ok(None);
         };
-        let node = new_bare(node_type)?;
-        let name = match name {
-            Some(name) => name.into_any(),
-            None => py.None().into_bound(py),
-        };
-        set_slot(&node, intern!(py, "id"), &id.into_pyobject(py)?.into_any())?;
-        set_slot(&node, intern!(py, "args"), &args.into_any())?;
-        set_slot(&node, intern!(py, "kwargs"), &kwargs.into_any())?;
-        set_slot(&node, intern!(py, "_name"), &name)?;
-        set_slot(&node, intern!(py, "_core"), slf.as_any())?;
-        set_slot(&node, intern!(py, "_graph_ref"), graph_ref)?;
-        set_slot(&node, intern!(py, "target"), &target)?;
-        set_slot(&node, intern!(py, "_proxy_value"), value)?;
-        set_slot(&node, intern!(py, "source"), source)?;
-        nodes.append(&node)?;
+        slf.borrow_mut().pending[id as usize] = Some(Pending {
+            name: name.map(Bound::unbind),
+            proxy_value: Some(value.unbind()),
+            source: source.unbind(),
+        });
+        nodes.append(py.None())?;
         let proxy = new_bare(proxy_type)?;
-        set_slot(&proxy, intern!(py, "node"), &node)?;
+        set_slot(&proxy, intern!(py, "_core"), slf.as_any())?;
+        set_slot(
+            &proxy,
+            intern!(py, "_id"),
+            &id.into_pyobject(py)?.into_any(),
+        )?;
         Ok(Some(proxy))
     }
 
+    /// Node `id`'s Python `Node`, made now if `add_object` added it without one (and cached
+    /// in `nodes`, the graph's `_nodes` by default, while the graph exists).
+    #[pyo3(signature = (id, nodes=None))]
+    fn node<'py>(
+        slf: &Bound<'py, Self>,
+        id: u32,
+        nodes: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::node_object(slf, id, nodes)
+    }
+
+    /// The linked `(args, kwargs)` of a node `add_object` added (nodes as `Node` objects), for
+    /// its `Node`'s first read of them.
+    fn linked_args<'py>(
+        slf: &Bound<'py, Self>,
+        id: u32,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
+        let py = slf.py();
+        enum Item {
+            Const(Py<PyAny>),
+            Node(NodeId),
+        }
+        let copy = |slot: &Slot| match slot {
+            Slot::Const(value) => Item::Const(value.clone_ref(py)),
+            Slot::Node(dep) => Item::Node(*dep),
+        };
+        let (args, kwargs): (Vec<Item>, Vec<(Py<PyString>, Item)>) = {
+            let this = slf.borrow();
+            this.check_id(id)?;
+            match &this.plans[id as usize] {
+                Plan::Call(plan) | Plan::Held(plan) => (
+                    plan.args.iter().map(copy).collect(),
+                    plan.kwargs
+                        .iter()
+                        .map(|(key, slot)| (key.clone_ref(py), copy(slot)))
+                        .collect(),
+                ),
+                Plan::Python => {
+                    return Err(PyRuntimeError::new_err(format!(
+                        "node {id} keeps its arguments on its Python object"
+                    )))
+                }
+            }
+        };
+        let resolve = |item: Item| -> PyResult<Bound<'py, PyAny>> {
+            match item {
+                Item::Const(value) => Ok(value.into_bound(py)),
+                Item::Node(dep) => Self::node_object(slf, dep, None),
+            }
+        };
+        let list = PyList::empty(py);
+        for item in args {
+            list.append(resolve(item)?)?;
+        }
+        let dict = PyDict::new(py);
+        for (key, item) in kwargs {
+            dict.set_item(key.bind(py), resolve(item)?)?;
+        }
+        Ok((list, dict))
+    }
+
+    /// For each node, what `nnsight.tracing.effects` needs to know whether it has an effect,
+    /// read from its plan without making its `Node`: `(target, passes_out)`, where
+    /// `passes_out` says whether `out` is among its keyword arguments; None for a node added
+    /// by `add_node` (its `Node` has all it needs).
+    fn effect_facts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let facts = PyList::empty(py);
+        for plan in &self.plans {
+            match plan {
+                Plan::Call(plan) | Plan::Held(plan) => {
+                    let passes_out = plan
+                        .kwargs
+                        .iter()
+                        .any(|(key, _)| key.bind(py).to_str().is_ok_and(|key| key == "out"));
+                    facts.append((plan.target.bind(py), passes_out))?;
+                }
+                Plan::Python => facts.append(py.None())?,
+            }
+        }
+        Ok(facts)
+    }
+
+    /// The Python `Graph` this core belongs to, or None once it no longer exists.
+    fn graph<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.graph_ref {
+            Some(graph_ref) => graph_ref.bind(py).call0(),
+            None => Ok(py.None().into_bound(py)),
+        }
+    }
     /// Adds a node the core does not call itself (reserved and method-name targets, and ops
     /// with nodes or tensors nested in their arguments: `Node._run` executes those); returns
     /// its id (`name_of` spells its unique name).
@@ -567,6 +876,7 @@ impl PyGraphCore {
             .graph
             .add_node(name, target_name, kind, &deps, argument_key)?;
         self.plans.push(Plan::Python);
+        self.pending.push(None);
         Ok(id)
     }
 
@@ -743,8 +1053,14 @@ impl PyGraphCore {
         for value in self.graph.values() {
             visit.call(value)?;
         }
+        visit.call(&self.graph_ref)?;
+        for pending in self.pending.iter().flatten() {
+            visit.call(&pending.name)?;
+            visit.call(&pending.proxy_value)?;
+            visit.call(&pending.source)?;
+        }
         for plan in &self.plans {
-            if let Plan::Call(plan) = plan {
+            if let Plan::Call(plan) | Plan::Held(plan) = plan {
                 visit.call(&plan.target)?;
                 let slots = plan.args.iter().chain(plan.kwargs.iter().map(|(_, s)| s));
                 for slot in slots {
@@ -761,6 +1077,8 @@ impl PyGraphCore {
         let mut released = Vec::new();
         self.graph.abort(&mut released);
         self.plans.clear();
+        self.pending.clear();
+        self.graph_ref = None;
         self.graph = Graph::new();
     }
 }
