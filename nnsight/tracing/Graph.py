@@ -158,7 +158,8 @@ class Graph:
         proxy_class = self.proxy_class
         bare_proxy = proxy_class.__init__ is Proxy.__init__  # its only job: store the node
         if bare_proxy:
-            # The usual case in one call into the core: link, make the node and its proxy.
+            # The usual case in one call into the core: link and record the node, make its
+            # proxy; the Node object waits for its first use (see nnsight.tracing.Node).
             try:
                 proxy = self._core.add_object(
                     proxy_class, self._nodes, name, target, value, args, kwargs, source
