@@ -139,7 +139,7 @@ def test_generation_idx_and_graph_printout() -> None:
 
 
 def test_nodes_from_the_rust_fast_path_fill_every_slot_like_the_constructor() -> None:
-    # Graph.add builds the usual node in Rust (GraphCore.add_object); Node(...) in Python.
+    # Graph.add leaves the node to the core, which makes it on first use; Node(...) in Python.
     graph = Graph(None, validate=False)
     x = graph.add(target="argument", value=1, args=["x"])
     fast = (x + 1).node
