@@ -42,16 +42,13 @@ pub fn register(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
 #[pyfunction]
 fn proxy_node<'py>(proxy: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = proxy.py();
-    let core = generic_getattr(proxy, intern!(py, "_core"))
-        .and_then(|core| core.cast_into::<PyGraphCore>().ok());
-    let id = generic_getattr(proxy, intern!(py, "_id"));
-    let (Some(core), Some(id)) = (core, id) else {
+    let Some((core, id)) = proxy_slots(proxy)? else {
         return Err(pyo3::exceptions::PyAttributeError::new_err(format!(
             "{} object has no node",
             proxy.get_type().name()?
         )));
     };
-    let node = PyGraphCore::node_object(&core, id.extract()?, None)?;
+    let node = PyGraphCore::node_object(&core, id, None)?;
     set_slot(proxy, intern!(py, "node"), &node)?;
     Ok(node)
 }
@@ -78,6 +75,15 @@ fn generic_getattr<'py>(
 enum Slot {
     Const(Py<PyAny>),
     Node(NodeId),
+}
+
+impl Slot {
+    fn clone_ref(&self, py: Python<'_>) -> Slot {
+        match self {
+            Slot::Const(value) => Slot::Const(value.clone_ref(py)),
+            Slot::Node(id) => Slot::Node(*id),
+        }
+    }
 }
 
 /// How to call an op node's target without going through Python code of ours.
@@ -185,18 +191,25 @@ fn set_slot(
     }
 }
 
-/// The id a proxy of this graph names its node by (its `_core` and `_id` slots), or None for a
-/// proxy of another graph or one without those slots. Reads the slots as `object.__getattribute__`
-/// does, so a proxy's traced `__getattr__` never runs.
-fn proxy_id(core: &Bound<'_, PyGraphCore>, proxy: &Bound<'_, PyAny>) -> PyResult<Option<NodeId>> {
+/// The core and id a proxy made by `add_object` names its node by (its `_core` and `_id`
+/// slots), or None for a proxy without them. Read as `object.__getattribute__` reads them, so
+/// a proxy's traced `__getattr__` never runs.
+fn proxy_slots<'py>(
+    proxy: &Bound<'py, PyAny>,
+) -> PyResult<Option<(Bound<'py, PyGraphCore>, NodeId)>> {
     let py = proxy.py();
-    match generic_getattr(proxy, intern!(py, "_core")) {
-        Some(owner) if owner.is(core) => match generic_getattr(proxy, intern!(py, "_id")) {
-            Some(id) => Ok(Some(id.extract()?)),
-            None => Ok(None),
-        },
+    let core = generic_getattr(proxy, intern!(py, "_core"))
+        .and_then(|core| core.cast_into::<PyGraphCore>().ok());
+    match (core, generic_getattr(proxy, intern!(py, "_id"))) {
+        (Some(core), Some(id)) => Ok(Some((core, id.extract()?))),
         _ => Ok(None),
     }
+}
+
+/// The id a proxy of this graph names its node by, or None for a proxy of another graph or
+/// one without the slots (see `proxy_slots`).
+fn proxy_id(core: &Bound<'_, PyGraphCore>, proxy: &Bound<'_, PyAny>) -> PyResult<Option<NodeId>> {
+    Ok(proxy_slots(proxy)?.and_then(|(owner, id)| owner.is(core).then_some(id)))
 }
 
 fn to_id(id: i64) -> Option<NodeId> {
@@ -372,9 +385,7 @@ impl PyGraphCore {
         for (i, item) in args.iter().enumerate() {
             let replace =
                 copies.map(|(list, _)| move |node: &Bound<'py, PyAny>| list.set_item(i, node));
-            let replace = replace
-                .as_ref()
-                .map(|f| f as &dyn Fn(&Bound<'py, PyAny>) -> PyResult<()>);
+            let replace = replace.as_ref().map(|f| f as Replace<'_, 'py>);
             match Self::link(slf, &types, item.clone(), &mut deps, replace)? {
                 Some(slot) => plan.args.push(slot),
                 None => return Ok(None),
@@ -386,9 +397,7 @@ impl PyGraphCore {
                     let key = key.clone();
                     move |node: &Bound<'py, PyAny>| dict.set_item(&key, node)
                 });
-                let replace = replace
-                    .as_ref()
-                    .map(|f| f as &dyn Fn(&Bound<'py, PyAny>) -> PyResult<()>);
+                let replace = replace.as_ref().map(|f| f as Replace<'_, 'py>);
                 match Self::link(slf, &types, item, &mut deps, replace)? {
                     Some(slot) => plan
                         .kwargs
@@ -428,16 +437,21 @@ impl PyGraphCore {
         }
     }
 
-    /// The live Python `Graph`'s `_nodes` list, if the graph still exists.
-    fn graph_nodes<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    /// The Python `Graph` this core belongs to, if it still exists.
+    fn live_graph<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some(graph_ref) = &self.graph_ref else {
             return Ok(None);
         };
         let graph = graph_ref.bind(py).call0()?;
-        if graph.is_none() {
-            return Ok(None);
+        Ok((!graph.is_none()).then_some(graph))
+    }
+
+    /// The live Python `Graph`'s `_nodes` list, if the graph still exists.
+    fn graph_nodes<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.live_graph(py)? {
+            Some(graph) => Ok(Some(graph.getattr(intern!(py, "_nodes"))?)),
+            None => Ok(None),
         }
-        Ok(Some(graph.getattr(intern!(py, "_nodes"))?))
     }
 
     /// Node `id`'s Python `Node`: the one in `nodes` (the graph's `_nodes` when not given), or,
@@ -781,15 +795,8 @@ impl PyGraphCore {
         id: u32,
     ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
         let py = slf.py();
-        enum Item {
-            Const(Py<PyAny>),
-            Node(NodeId),
-        }
-        let copy = |slot: &Slot| match slot {
-            Slot::Const(value) => Item::Const(value.clone_ref(py)),
-            Slot::Node(dep) => Item::Node(*dep),
-        };
-        let (args, kwargs): (Vec<Item>, Vec<(Py<PyString>, Item)>) = {
+        let copy = |slot: &Slot| slot.clone_ref(py);
+        let (args, kwargs): (Vec<Slot>, Vec<(Py<PyString>, Slot)>) = {
             let this = slf.borrow();
             this.check_id(id)?;
             match &this.plans[id as usize] {
@@ -807,10 +814,10 @@ impl PyGraphCore {
                 }
             }
         };
-        let resolve = |item: Item| -> PyResult<Bound<'py, PyAny>> {
-            match item {
-                Item::Const(value) => Ok(value.into_bound(py)),
-                Item::Node(dep) => Self::node_object(slf, dep, None),
+        let resolve = |slot: Slot| -> PyResult<Bound<'py, PyAny>> {
+            match slot {
+                Slot::Const(value) => Ok(value.into_bound(py)),
+                Slot::Node(dep) => Self::node_object(slf, dep, None),
             }
         };
         let list = PyList::empty(py);
@@ -846,12 +853,10 @@ impl PyGraphCore {
     }
 
     /// The Python `Graph` this core belongs to, or None once it no longer exists.
-    fn graph<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match &self.graph_ref {
-            Some(graph_ref) => graph_ref.bind(py).call0(),
-            None => Ok(py.None().into_bound(py)),
-        }
+    fn graph<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.live_graph(py)
     }
+
     /// Adds a node the core does not call itself (reserved and method-name targets, and ops
     /// with nodes or tensors nested in their arguments: `Node._run` executes those); returns
     /// its id (`name_of` spells its unique name).
