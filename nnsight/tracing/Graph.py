@@ -248,7 +248,7 @@ class Graph:
             if node is None and facts is not None and facts[0] is not proxy_call:
                 effects.append(target_has_effect(*facts))  # leaves the node unmade
             else:
-                effects.append(has_effect(self._node(i) if node is None else node))
+                effects.append(has_effect(self._node(i)))
         return self._core.eliminate_dead_code(effects)
 
     # ----- running ----------------------------------------------------------------------------

@@ -52,11 +52,9 @@ _ACTING_MODULES = ("torch.distributed", "torch.cuda", "torch.random", "torch.ser
 def has_effect(node: Node) -> bool:
     """Whether ``node`` must run even when no kept node uses its value."""
     target = node.target
-    if isinstance(target, str):
-        return target not in _NO_EFFECT_TARGETS
     if target is proxy_call:
         return "out" in node.kwargs or not _pure_method_call(node)
-    return target_has_effect(target, "out" in node.kwargs)
+    return target_has_effect(target, not isinstance(target, str) and "out" in node.kwargs)
 
 
 def target_has_effect(target: Any, passes_out: bool) -> bool:
