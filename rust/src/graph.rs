@@ -135,11 +135,19 @@ impl Csr {
     /// Node `i`'s list; `i` must be below the node count it was built for.
     #[inline]
     fn get(&self, i: usize) -> &[NodeId] {
-        let (start, end) = (*at(&self.offsets, i) as usize, *at(&self.offsets, i + 1));
-        debug_assert!(start <= end as usize && (end as usize) <= self.edges.len());
-        // SAFETY: `rebuild` writes offsets that are non-decreasing and end at `edges.len()`.
-        unsafe { self.edges.get_unchecked(start..end as usize) }
+        csr_row(&self.offsets, &self.edges, i)
     }
+}
+
+/// Row `i` of a flattened adjacency list, `edges[offsets[i]..offsets[i + 1]]`, unchecked: the
+/// offsets are written non-decreasing and ending at `edges.len()`, and `i` is a node id below the
+/// number of rows (all checked in debug builds).
+#[inline(always)]
+fn csr_row<'a>(offsets: &[u32], edges: &'a [NodeId], i: usize) -> &'a [NodeId] {
+    let (start, end) = (*at(offsets, i) as usize, *at(offsets, i + 1) as usize);
+    debug_assert!(start <= end && end <= edges.len());
+    // SAFETY: `Csr::rebuild` and `Graph::add_node`, the only writers, keep that shape.
+    unsafe { edges.get_unchecked(start..end) }
 }
 
 /// `slice[i]` for an index that [`Graph`]'s invariant keeps in bounds (checked in debug builds).
@@ -157,6 +165,34 @@ fn at_mut<T>(slice: &mut [T], i: usize) -> &mut T {
     debug_assert!(i < slice.len());
     // SAFETY: as for `at`.
     unsafe { slice.get_unchecked_mut(i) }
+}
+
+/// Takes one remaining dependency from each listener; one left with none that runs goes on the
+/// ready stack. Listeners are pushed in reverse, so the first-registered is popped first.
+#[inline(always)]
+fn notify_listeners(
+    listeners: &[NodeId],
+    remaining: &mut [Counts],
+    runs: &[bool],
+    ready: &mut Vec<NodeId>,
+) {
+    // The stack's length lives in a register for the loop: pushed through a raw pointer into
+    // capacity reserved up front, so no count update can make the compiler reload it.
+    ready.reserve(listeners.len());
+    let top = ready.as_mut_ptr();
+    let mut len = ready.len();
+    for &listener in listeners.iter().rev() {
+        let l = listener as usize;
+        let count = &mut at_mut(remaining, l).dependencies;
+        *count -= 1;
+        if *count == 0 && *at(runs, l) {
+            // SAFETY: at most `listeners.len()` pushes, into the capacity reserved above.
+            unsafe { top.add(len).write(listener) };
+            len += 1;
+        }
+    }
+    // SAFETY: every slot below `len` was initialised (the old length, or written above).
+    unsafe { ready.set_len(len) };
 }
 
 impl<V> Default for Graph<V> {
@@ -364,45 +400,61 @@ impl<V> Graph<V> {
 
     /// [`Graph::set_value`] for an id known to be valid (checked, or taken off the ready stack).
     ///
-    /// The hot loop: every index below is an id or offset that the struct invariant keeps in
-    /// bounds, so it indexes without bounds checks (still checked in debug builds).
-    #[inline]
+    /// The hot loop. Each field is borrowed on its own and the edge walks run in functions that
+    /// take them as separate `&mut` slices, so the compiler knows a count update cannot move the
+    /// ready stack and keeps both in registers. Every index below is an id or offset that the
+    /// struct invariant keeps in bounds, so it indexes without bounds checks (still checked in
+    /// debug builds).
+    #[inline(always)]
     fn store(&mut self, id: NodeId, value: V, released: &mut Vec<V>) {
         debug_assert!((id as usize) < self.len());
         let i = id as usize;
-        if let Some(old) = at_mut(&mut self.values, i).replace(value) {
+        let Self {
+            values,
+            events,
+            dep_offsets,
+            dep_edges,
+            remaining,
+            listeners,
+            listener_csr,
+            runs,
+            ready,
+            ..
+        } = self;
+        if let Some(old) = at_mut(values, i).replace(value) {
             Self::defer_drop(old, released);
         }
-        if let Some(events) = &mut self.events {
+        if let Some(events) = events {
             events.push(Event::Set(id));
         }
-        let (start, end) = (
-            *at(&self.dep_offsets, i) as usize,
-            *at(&self.dep_offsets, i + 1) as usize,
-        );
-        for k in start..end {
-            let dep = *at(&self.dep_edges, k);
-            let remaining = &mut at_mut(&mut self.remaining, dep as usize).listeners;
-            *remaining -= 1;
-            if *remaining == 0 {
-                Self::release(&mut self.values, &mut self.events, dep, released);
-            }
-        }
-        let listeners = if self.listener_csr.nodes == self.len() {
-            self.listener_csr.get(i)
+        let deps = csr_row(dep_offsets, dep_edges, i);
+        Self::release_dependencies(deps, remaining, values, events, released);
+        let listeners = if listener_csr.nodes == listeners.len() {
+            listener_csr.get(i)
         } else {
-            &self.listeners[i]
+            &listeners[i]
         };
-        for &listener in listeners.iter().rev() {
-            let l = listener as usize;
-            let remaining = &mut at_mut(&mut self.remaining, l).dependencies;
-            *remaining -= 1;
-            if *remaining == 0 && *at(&self.runs, l) {
-                self.ready.push(listener);
-            }
+        notify_listeners(listeners, remaining, runs, ready);
+        if at(remaining, i).listeners == 0 {
+            Self::release(values, events, id, released);
         }
-        if at(&self.remaining, i).listeners == 0 {
-            Self::release(&mut self.values, &mut self.events, id, released);
+    }
+
+    /// Takes one remaining listener from each dependency; one left with none is released.
+    #[inline(always)]
+    fn release_dependencies(
+        deps: &[NodeId],
+        remaining: &mut [Counts],
+        values: &mut [Option<V>],
+        events: &mut Option<Vec<Event>>,
+        released: &mut Vec<V>,
+    ) {
+        for &dep in deps {
+            let count = &mut at_mut(remaining, dep as usize).listeners;
+            *count -= 1;
+            if *count == 0 {
+                Self::release(values, events, dep, released);
+            }
         }
     }
 
@@ -508,7 +560,7 @@ impl<V> Graph<V> {
 
     pub fn value(&self, id: NodeId) -> Result<Option<&V>, GraphError> {
         self.check(id)?;
-        Ok(self.values[id as usize].as_ref())
+        Ok(at(&self.values, id as usize).as_ref())
     }
 
     /// Whether the node's value is set.
@@ -541,9 +593,10 @@ impl<V> Graph<V> {
         Ok(self.deps_of(id as usize))
     }
 
-    /// Node `i`'s dependencies (bounds-checked; the hot loop in `store` reads them unchecked).
+    /// Node `i`'s dependencies; `i` must be below [`Graph::len`].
+    #[inline]
     fn deps_of(&self, i: usize) -> &[NodeId] {
-        &self.dep_edges[self.dep_offsets[i] as usize..self.dep_offsets[i + 1] as usize]
+        csr_row(&self.dep_offsets, &self.dep_edges, i)
     }
 
     pub fn remaining_listeners(&self, id: NodeId) -> Result<i32, GraphError> {
