@@ -74,6 +74,19 @@ fn bench(c: &mut Criterion) {
             });
         }
         group.finish();
+        // The reset alone (part of every run above): how much of a run is plain memory traffic.
+        let mut group = c.benchmark_group(format!("compile/{shape}"));
+        group.sample_size(10);
+        for n in [1_000usize, 1_000_000] {
+            let mut g = build(n);
+            let mut released = Vec::with_capacity(n + 1);
+            run(&mut g, &mut released);
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+                b.iter(|| g.compile(&mut released))
+            });
+        }
+        group.finish();
     }
 }
 
