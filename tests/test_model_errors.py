@@ -144,3 +144,20 @@ def test_validate_reports_shape_errors_at_the_users_line_before_running() -> Non
     with model.trace(torch.randn(2, 8), validate=True):
         shape = (model[0].output @ torch.ones(8, 3)).shape
     assert shape == (2, 3)
+
+
+@pytest.mark.parametrize("invokes", [1, 2])
+def test_a_swap_that_needs_a_later_module_raises_and_leaves_no_hooks(invokes: int) -> None:
+    # model[0]'s output cannot be replaced by model[2]'s: that exists only after model[0] ran.
+    # One invoke takes the hook's whole-batch path, two the per-invoke one.
+    model = NNsight(mlp())
+    with pytest.raises(ExecutionError, match=r"became ready at model\[2\]\.output .*does not"):
+        with model.trace() as tracer:
+            for _ in range(invokes):
+                with tracer.invoke(torch.randn(2, 8)):
+                    model[0].output = model[2].output
+    assert hook_count(model._model) == 0
+    x = torch.randn(2, 8)
+    with model.trace(x):  # the model is usable at once
+        out = model.output.save()
+    assert torch.equal(out.value, model._model(x))

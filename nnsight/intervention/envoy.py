@@ -52,6 +52,7 @@ class Envoy:
         self._children = {
             name: Envoy(child, f"{path}.{name}", session) for name, child in module.named_children()
         }
+        self._by_index = list(self._children.values())  # model.h[i] without listing names
 
     # ----- the module tree --------------------------------------------------------------------
 
@@ -70,13 +71,14 @@ class Envoy:
             ) from None
 
     def __getitem__(self, key: int | str) -> Envoy:
-        names = list(self._children)
         if isinstance(key, int):
-            if not -len(names) <= key < len(names):
+            by_index = self._by_index
+            if not -len(by_index) <= key < len(by_index):
                 raise IndexError(
-                    f"{self._describe()} has {len(names)} submodules; index {key} is out of range"
+                    f"{self._describe()} has {len(by_index)} submodules; index {key} is out of "
+                    "range"
                 )
-            return self._children[names[key]]
+            return by_index[key]
         if key in self._children:
             return self._children[key]
         raise KeyError(f"{self._describe()} has no submodule '{key}'")
@@ -113,7 +115,10 @@ class Envoy:
     @property
     def output(self) -> InterventionProxy:
         """Proxy of this module's output at its current call, for the current invoke."""
-        return self._tracer("output").module_value(self, "output")
+        tracer = self._session.tracer
+        if tracer is None:
+            tracer = self._tracer("output")  # raises
+        return tracer.module_value(self, "output")
 
     @output.setter
     def output(self, value: Any) -> None:

@@ -15,20 +15,20 @@ from typing import Any
 import torch
 
 from ..errors import ExecutionError, TracingError
-from ..tracing import Node
 from ..tracing._source import format_source
 from .batching import Rows, join_rows, narrow, splice
 from .envoy import spell_path
 from .graph import InterventionGraph
 from .hooks import HookSet
 
-#: One argument node waiting for a module call, with the rows of its invoke.
-Entry = tuple[Node, Rows]
+#: One argument node (its id) waiting for a module call, with the rows of its invoke.
+Entry = tuple[int, Rows]
 
 
-#: An argument node the tracer made for a module's input or output at one call:
-#: ``(path, "input" | "output", call, node, start row, rows)``.
-Request = tuple[str, str, int, Node, int, int]
+#: An argument node (its id: the ``Node`` object is only made when an error names it) the
+#: tracer made for a module's input or output at one call:
+#: ``(path, "input" | "output", call, node id, start row, rows)``.
+Request = tuple[str, str, int, int, int, int]
 
 
 class Interleaver:
@@ -55,9 +55,9 @@ class Interleaver:
         total = invoke_rows[0].total
         # (path, kind) -> call -> entries
         self.plan: dict[tuple[str, str], dict[int, list[Entry]]] = {}
-        for path, kind, call, node, start, size in requests:
+        for path, kind, call, node_id, start, size in requests:
             by_call = self.plan.setdefault((path, kind), {})
-            by_call.setdefault(call, []).append((node, Rows(start, size, total)))
+            by_call.setdefault(call, []).append((node_id, Rows(start, size, total)))
         self.calls: dict[tuple[str, str], int] = dict.fromkeys(self.plan, 0)
         self._hooks = HookSet()
 
@@ -102,10 +102,26 @@ class Interleaver:
         key = (path, "output")
         by_call = self.plan[key]
         calls = self.calls
+        core, nodes = self.graph._core, self.graph._nodes
+        # Calls read by one invoke that owns the whole batch (a plain model.trace(x)): the
+        # output goes to its node as it is, with no narrowing, splicing or joining.
+        whole = {
+            call: entries[0][0]
+            for call, entries in by_call.items()
+            if len(entries) == 1 and entries[0][1].whole
+        }
 
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             call = calls[key]
             calls[key] = call + 1
+            node_id = whole.get(call)
+            if node_id is not None:
+                core.set_value(node_id, output, nodes)
+                swap_id = core.swap()
+                if swap_id is None:
+                    return None
+                rows = by_call[call][0][1]
+                return self._swap(swap_id, node_id, rows, output, key, call)
             entries = by_call.get(call)
             if entries is None:
                 return None
@@ -125,34 +141,50 @@ class Interleaver:
         nodes = graph._nodes
         original = activation
         pieces: dict[int, Any] = {}
-        for node, rows in entries:
+        for node_id, rows in entries:
             view = narrow(activation, rows)
-            core.set_value(node.id, view, nodes)  # Node.set_value, minus two Python frames
+            core.set_value(node_id, view, nodes)  # Node.set_value, minus two Python frames
             pieces[rows.start] = view
             swap_id = core.swap()
             if swap_id is None:
                 continue
-            path, kind = key
-            swap = graph._node(swap_id)
-            if not swap.args or swap.args[0] is not node:
-                raise ExecutionError(
-                    f"the swap traced at {format_source(swap.source)} became ready at "
-                    f"{spell_path(path)}.{kind} (call {call}), which it does not replace: its new "
-                    "value depends on something computed later in the forward pass",
-                    swap.name,
-                )
-            replacement = graph.get_swap(view)
-            what = f"setting {spell_path(path)}.{kind} (traced at {format_source(swap.source)})"
-            try:
-                activation = splice(activation, replacement, rows, what)
-            except TracingError as exc:
-                raise ExecutionError(str(exc), swap.name) from None
+            activation = self._swap(swap_id, node_id, rows, activation, key, call, view)
             pieces[rows.start] = narrow(activation, rows)
         if self.joins and torch.is_grad_enabled():
             # Gradients reach a hook on an invoke's rows only if the model computes from those
             # very views: rebuild the batch from them.
             activation = join_rows(activation, pieces, self.invoke_rows)
         return None if activation is original else activation
+
+    def _swap(
+        self,
+        swap_id: int,
+        node_id: int,
+        rows: Rows,
+        activation: Any,
+        key: tuple[str, str],
+        call: int,
+        view: Any = None,
+    ) -> Any:
+        """``activation`` with ``rows`` replaced by the value of swap ``swap_id``, which
+        setting ``node_id`` (``view``: those rows as the node got them, by default all of it)
+        made ready."""
+        graph = self.graph
+        swap = graph._node(swap_id)
+        path, kind = key
+        if not swap.args or swap.args[0] is not graph._node(node_id):
+            raise ExecutionError(
+                f"the swap traced at {format_source(swap.source)} became ready at "
+                f"{spell_path(path)}.{kind} (call {call}), which it does not replace: its new "
+                "value depends on something computed later in the forward pass",
+                swap.name,
+            )
+        replacement = graph.get_swap(activation if view is None else view)
+        what = f"setting {spell_path(path)}.{kind} (traced at {format_source(swap.source)})"
+        try:
+            return splice(activation, replacement, rows, what)
+        except TracingError as exc:
+            raise ExecutionError(str(exc), swap.name) from None
 
     def unreached(self) -> str | None:
         """What the graph asked of module calls that never happened (``.next()`` past the last
@@ -165,9 +197,9 @@ class Interleaver:
                     continue
                 lines.extend(
                     f"{spell_path(path)}.{kind} of call {call} (traced at "
-                    f"{format_source(node.source)}) was never reached: the module ran {made} "
-                    "time(s) in this forward pass"
-                    for node, _ in entries
-                    if node.remaining_listeners
+                    f"{format_source(self.graph._node(node_id).source)}) was never reached: the "
+                    f"module ran {made} time(s) in this forward pass"
+                    for node_id, _ in entries
+                    if self.graph._core.remaining_listeners(node_id)
                 )
         return "; ".join(lines) + " (check the number of .next() calls)" if lines else None

@@ -30,8 +30,9 @@ class InterventionProxy(Proxy):
     __slots__ = ()
 
     def save(self) -> InterventionProxy:
-        super().save()
-        self._graph().saved.append(self)
+        graph = self._graph()
+        graph.add("null", None, [self])  # Proxy.save, with the graph looked up once
+        graph.saved.append(self)
         return self
 
     def _graph(self) -> InterventionGraph:

@@ -192,7 +192,14 @@ class ScannedValue(LazyValue):
         self._key = key
         self._runner = runner
 
+    def release(self) -> None:
+        """Drops the hold on the invoke's inputs once the trace is over; unread, it stays
+        unknown (``inspect._empty``) from then on."""
+        self._args = self._kwargs = None  # type: ignore[assignment]
+
     def materialize(self) -> Any:
+        if self._args is None:
+            return _EMPTY
         found = self._scanner.values(self._args, self._kwargs)
         if found is None or self._key not in found:
             return _EMPTY

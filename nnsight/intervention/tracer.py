@@ -95,6 +95,7 @@ class Tracer:
         self._calls: dict[str, int] = {}
         self._values: dict[tuple[str, str, int, int], InterventionProxy] = {}
         self._requests: list[Request] = []
+        self._scanned: list[ScannedValue] = []
         self._source = user_source(2)
 
     # ----- the block --------------------------------------------------------------------------
@@ -119,10 +120,9 @@ class Tracer:
         finally:
             self.graph.tracing = False
             self.model._session.tracer = None
-            for request in self._requests:
-                node = request[3]
-                if type(node._proxy_value) is ScannedValue:
-                    node._proxy_value = _EMPTY  # unread: drop its hold on the inputs
+            for scanned in self._scanned:
+                scanned.release()  # read or not, drop the hold on the inputs
+            self._scanned.clear()
             self._values.clear()
             self._requests.clear()
             self._invokes.clear()
@@ -175,7 +175,9 @@ class Tracer:
 
     def module_value(self, envoy: Envoy, kind: str) -> InterventionProxy:
         """The proxy of ``envoy``'s input or output at its current call, for this invoke."""
-        invoke = self._current_invoke(envoy, kind)
+        invoke = self._invoke
+        if invoke is None:
+            invoke = self._current_invoke(envoy, kind)  # raises
         key = self._value_key(envoy, kind, invoke)
         call = key[2]
         proxy: InterventionProxy | None = self._values.get(key)
@@ -189,6 +191,7 @@ class Tracer:
                     (envoy.path, kind, call),
                     self.graph._fake,
                 )
+                self._scanned.append(value)
             proxy = self.graph.add(  # type: ignore[assignment]  # the graph's proxy class
                 target="argument",
                 value=value,
@@ -196,7 +199,7 @@ class Tracer:
             )
             assert proxy is not None
             self._values[key] = proxy
-            self._requests.append((envoy.path, kind, call, proxy.node, invoke.start, invoke.size))
+            self._requests.append((envoy.path, kind, call, proxy._id, invoke.start, invoke.size))
         return proxy
 
     def set_module_value(self, envoy: Envoy, kind: str, value: Any) -> None:
@@ -250,7 +253,7 @@ class Tracer:
         rows = [Rows(invoke.start, invoke.size, total) for invoke in self._invokes]
         dead = set(graph._eliminate_dead_code())
         # A module whose value nothing live needs gets no hook at all.
-        requests = [request for request in self._requests if request[3].id not in dead]
+        requests = [request for request in self._requests if request[3] not in dead]
         interleaver = Interleaver(graph, requests, self.model._modules_by_path, rows)
         module = self.model._model
         try:

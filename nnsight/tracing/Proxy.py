@@ -62,7 +62,8 @@ class Proxy:
     def value(self) -> Any:
         """The node's value, once the graph has run. Raises
         :class:`~nnsight.errors.ValueNotSetError` before it is set or after it was freed."""
-        return self.node.value
+        value = self._core.value(self._id)  # straight from the core: no Node made for it
+        return self.node.value if value is _EMPTY else value  # the node words the error
 
     def save(self) -> Proxy:
         """Keeps this value alive after the graph runs (adds a ``null`` listener); returns self."""
