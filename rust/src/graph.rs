@@ -19,7 +19,7 @@
 //! Re-entrant hosts use *frames*: each drain only pops entries above the stack depth it started
 //! at, so a value set from inside a running node executes exactly what it made ready.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::error::GraphError;
 use crate::names::Names;
@@ -94,7 +94,7 @@ pub struct Graph<V> {
     /// Argument key -> the `argument` nodes registered under it, keys in first-use order.
     arguments: Vec<(String, Vec<NodeId>)>,
     /// Argument key -> its slot in `arguments` (a trace makes one key per module call).
-    argument_slots: HashMap<String, usize>,
+    argument_slots: FxHashMap<String, usize>,
     root: Option<NodeId>,
     /// Nodes with no dependencies that execute: run by [`Graph::compile`].
     roots: Vec<NodeId>,
@@ -233,7 +233,7 @@ impl<V> Graph<V> {
             remaining: Vec::new(),
             values: Vec::new(),
             arguments: Vec::new(),
-            argument_slots: HashMap::new(),
+            argument_slots: FxHashMap::default(),
             root: None,
             roots: Vec::new(),
             ready: Vec::new(),

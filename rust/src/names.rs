@@ -6,7 +6,7 @@
 //! explicit map, then parses `<target>_<n>`: the part after the last `_` is a canonical decimal
 //! number, so two different `(target, n)` pairs never spell the same name.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::error::GraphError;
 use crate::graph::NodeId;
@@ -40,8 +40,8 @@ pub enum Chosen {
 pub struct Names {
     names: Vec<Name>,
     targets: Vec<Target>,
-    target_index: HashMap<String, u32>,
-    explicit: HashMap<String, NodeId>,
+    target_index: FxHashMap<String, u32>,
+    explicit: FxHashMap<String, NodeId>,
 }
 
 impl Names {
