@@ -106,7 +106,7 @@ class Interleaver:
         # Calls read by one invoke that owns the whole batch (a plain model.trace(x)): the
         # output goes to its node as it is, with no narrowing, splicing or joining.
         whole = {
-            call: entries[0][0]
+            call: entries[0]
             for call, entries in by_call.items()
             if len(entries) == 1 and entries[0][1].whole
         }
@@ -114,14 +114,14 @@ class Interleaver:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             call = calls[key]
             calls[key] = call + 1
-            node_id = whole.get(call)
-            if node_id is not None:
+            entry = whole.get(call)
+            if entry is not None:
+                node_id, rows = entry
                 core.set_value(node_id, output, nodes)
                 swap_id = core.swap()
                 if swap_id is None:
                     return None
-                rows = by_call[call][0][1]
-                return self._swap(swap_id, node_id, rows, output, key, call)
+                return self._swap(swap_id, node_id, rows, output, output, key, call)
             entries = by_call.get(call)
             if entries is None:
                 return None
@@ -148,7 +148,7 @@ class Interleaver:
             swap_id = core.swap()
             if swap_id is None:
                 continue
-            activation = self._swap(swap_id, node_id, rows, activation, key, call, view)
+            activation = self._swap(swap_id, node_id, rows, activation, view, key, call)
             pieces[rows.start] = narrow(activation, rows)
         if self.joins and torch.is_grad_enabled():
             # Gradients reach a hook on an invoke's rows only if the model computes from those
@@ -162,13 +162,12 @@ class Interleaver:
         node_id: int,
         rows: Rows,
         activation: Any,
+        view: Any,
         key: tuple[str, str],
         call: int,
-        view: Any = None,
     ) -> Any:
         """``activation`` with ``rows`` replaced by the value of swap ``swap_id``, which
-        setting ``node_id`` (``view``: those rows as the node got them, by default all of it)
-        made ready."""
+        setting ``node_id`` to ``view`` (those rows of ``activation``) made ready."""
         graph = self.graph
         swap = graph._node(swap_id)
         path, kind = key
@@ -179,7 +178,7 @@ class Interleaver:
                 "value depends on something computed later in the forward pass",
                 swap.name,
             )
-        replacement = graph.get_swap(activation if view is None else view)
+        replacement = graph.get_swap(view)
         what = f"setting {spell_path(path)}.{kind} (traced at {format_source(swap.source)})"
         try:
             return splice(activation, replacement, rows, what)
