@@ -417,11 +417,10 @@ impl<V> Graph<V> {
 
     /// [`Graph::set_value`] for an id known to be valid (checked, or taken off the ready stack).
     ///
-    /// The hot loop. Each field is borrowed on its own and the edge walks run in functions that
-    /// take them as separate `&mut` slices, so the compiler knows a count update cannot move the
-    /// ready stack and keeps both in registers. Every index below is an id or offset that the
-    /// struct invariant keeps in bounds, so it indexes without bounds checks (still checked in
-    /// debug builds).
+    /// The hot loop. Each field is borrowed on its own so the edge walks can take them as
+    /// separate slices, and `notify_listeners` keeps the ready stack's length in a register.
+    /// Every index below is an id or offset that the struct invariant keeps in bounds, so it
+    /// indexes without bounds checks (still checked in debug builds).
     #[inline(always)]
     fn store(&mut self, id: NodeId, value: V, released: &mut Vec<V>) {
         debug_assert!((id as usize) < self.len());
