@@ -4,13 +4,19 @@ from typing import Any, final
 
 from typing_extensions import Self
 
-__all__ = ["ROOT_ARGUMENT", "ForeignNode", "GraphCore", "proxy_node"]
+__all__ = ["ROOT_ARGUMENT", "ForeignNode", "GraphCore", "SourceFinder", "proxy_node"]
 
 ROOT_ARGUMENT: str
 
 class ForeignNode(Exception): ...
 
 def proxy_node(proxy: Any) -> Any: ...
+
+@final
+class SourceFinder:
+    def __new__(cls, library_dirs: list[str]) -> Self: ...
+    def add_library_dir(self, directory: str) -> None: ...
+    def find(self, skip: int = 1) -> tuple[str, int]: ...
 
 @final
 class GraphCore:

@@ -4,6 +4,7 @@
 //! place, the `From` impl below.
 
 mod core;
+mod source;
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
@@ -26,6 +27,7 @@ impl From<GraphError> for PyErr {
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<core::PyGraphCore>()?;
+    m.add_class::<source::SourceFinder>()?;
     core::register(m)?;
     m.add("ROOT_ARGUMENT", crate::graph::ROOT_ARGUMENT)?;
     Ok(())
