@@ -39,7 +39,7 @@ def test_frames_in_a_library_directory_are_skipped(tmp_path: Path) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    finder = _source.SourceFinder([])
+    finder = _source.SourceFinder([], _source.UNKNOWN)
     assert module.locate(finder) == (str(helper), 2)  # not a library: the helper's own line
     finder.add_library_dir(str(tmp_path) + os.sep)  # forgets what it decided before
     where = module.locate(finder)  # site C
@@ -51,5 +51,5 @@ def test_graph_add_names_the_line_outside_nnsight_and_only_library_frames_give_u
     x = graph.add("argument", 0, ["x"])
     proxy = x + 1  # Proxy.__add__ and Graph.add are library frames: # site D
     assert proxy.node.source == (__file__, _line_of("# site D"))
-    everything = _source.SourceFinder([os.sep, "<"])  # files, and frozen modules
+    everything = _source.SourceFinder([os.sep, "<"], _source.UNKNOWN)  # files, frozen modules
     assert everything.find() == _source.UNKNOWN

@@ -16,14 +16,15 @@ const MAX_CODES: usize = 4096;
 
 /// What the finder knows about one code object (kept alive, so its address stays its own).
 struct CodeSites {
-    _code: Py<PyAny>,
+    code: Py<PyAny>,
     internal: bool,
     /// Instruction offset -> `(file, line)`.
     sites: FxHashMap<i32, Py<PyTuple>>,
 }
 
 /// Finds the innermost frame outside the library directories (`nnsight._source`'s
-/// `user_source`). Directories are prefixes ending in the path separator.
+/// `user_source`). Directories are prefixes ending in the path separator; `unknown` is what
+/// `find` answers when every frame is library code.
 #[pyclass(module = "nnsight._core")]
 pub struct SourceFinder {
     library_dirs: Vec<String>,
@@ -34,19 +35,12 @@ pub struct SourceFinder {
 #[pymethods]
 impl SourceFinder {
     #[new]
-    fn new(py: Python<'_>, library_dirs: Vec<String>) -> PyResult<Self> {
-        Ok(Self {
+    fn new(library_dirs: Vec<String>, unknown: Py<PyTuple>) -> Self {
+        Self {
             library_dirs,
             codes: FxHashMap::default(),
-            unknown: PyTuple::new(
-                py,
-                [
-                    PyString::new(py, "<unknown>").into_any(),
-                    0i32.into_pyobject(py)?.into_any(),
-                ],
-            )?
-            .unbind(),
-        })
+            unknown,
+        }
     }
 
     /// Treats files under `directory` (ending in the path separator) as library internals.
@@ -57,9 +51,9 @@ impl SourceFinder {
         }
     }
 
-    /// `(file, line)` of the innermost frame outside the library, starting `skip` frames up
-    /// from the caller's caller (`skip=1`: the caller itself, as `sys._getframe(skip)` seen
-    /// from a Python `user_source` would); `("<unknown>", 0)` when every frame is library code.
+    /// `(file, line)` of the innermost frame outside the library, searched from the frame of
+    /// the Python function calling this, `skip - 1` frames further up (as `sys._getframe(skip)`
+    /// in a Python helper would start); `unknown` when every frame is library code.
     #[pyo3(signature = (skip = 1))]
     fn find<'py>(&mut self, py: Python<'py>, skip: usize) -> PyResult<Bound<'py, PyTuple>> {
         // SAFETY: with the GIL held, PyEval_GetFrame returns the running frame (borrowed) or
@@ -88,7 +82,7 @@ impl SourceFinder {
                 self.codes.insert(
                     key,
                     CodeSites {
-                        _code: code.clone().unbind(),
+                        code: code.clone().unbind(),
                         internal,
                         sites: FxHashMap::default(),
                     },
@@ -116,7 +110,7 @@ impl SourceFinder {
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         for entry in self.codes.values() {
-            visit.call(&entry._code)?;
+            visit.call(&entry.code)?;
             for site in entry.sites.values() {
                 visit.call(site)?;
             }
