@@ -3,11 +3,14 @@ Every result is checked against plain PyTorch (forward hooks or a manual forward
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from model_helpers import Reuse, hook_count, hooked, mlp, outputs_of
 
 from nnsight import NNsight
+from nnsight.errors import TracingError
 from nnsight.intervention import SavedProxy
 
 
@@ -185,6 +188,26 @@ def test_print_graph_lists_names_targets_args_and_lines() -> None:
     text = str(tracer.graph)
     assert "%mul_0 = mul(%argument_1, 3)" in text
     assert "test_model_trace.py:" in text
+
+
+def test_envoy_reads_and_saves_are_nodes_at_the_users_line() -> None:
+    # `.output` and `.save()` are recorded by the core in one call each: the nodes must be
+    # what `graph.add("argument", ...)` and `graph.add("null", ...)` would have made.
+    model = NNsight(mlp())
+    with model.trace(torch.randn(2, 8)) as tracer:
+        line = sys._getframe().f_lineno + 1
+        hidden = model[2].output.save()
+        unsaved = model[0].output
+    graph = tracer.graph
+    read, save = graph.nodes["argument_1"], graph.nodes["null_0"]
+    assert (read.target, read.args) == ("argument", [".2.output.0", 2, 0])
+    assert (save.target, save.args) == ("null", [read])
+    assert read.source == save.source == (__file__, line)
+    assert graph.argument_node_names[".2.output.0"] == ["argument_1"]
+    assert hidden.shape == (2, 8)  # saved: its value
+    with pytest.raises(TracingError, match=rf"cannot add 'null' at .*test_model_trace.py:"):
+        unsaved.save()  # the trace is over: nothing is added
+    assert len(graph.nodes) == 4 and "null_1" not in graph.nodes
 
 
 class PairOut(torch.nn.Module):

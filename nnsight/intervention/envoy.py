@@ -72,13 +72,13 @@ class Envoy:
 
     def __getitem__(self, key: int | str) -> Envoy:
         if isinstance(key, int):
-            by_index = self._by_index
-            if not -len(by_index) <= key < len(by_index):
+            try:
+                return self._by_index[key]
+            except IndexError:
                 raise IndexError(
-                    f"{self._describe()} has {len(by_index)} submodules; index {key} is out of "
-                    "range"
-                )
-            return by_index[key]
+                    f"{self._describe()} has {len(self._by_index)} submodules; index {key} is "
+                    "out of range"
+                ) from None
         if key in self._children:
             return self._children[key]
         raise KeyError(f"{self._describe()} has no submodule '{key}'")

@@ -31,7 +31,8 @@ class HookSet:
         if not isinstance(hooks, dict):
             self._handles.append(module.register_forward_hook(hook))
             return
-        hook_id = _next_id()
+        hook_id = RemovableHandle.next_id  # _next_id(), inlined: called once per hooked module
+        RemovableHandle.next_id = hook_id + 1
         hooks[hook_id] = hook
         self._entries.append((hook_id, [hooks]))
 

@@ -52,12 +52,13 @@ class Interleaver:
         self.modules = modules
         self.invoke_rows = invoke_rows
         self.joins = graph.has_grads and len(invoke_rows) > 1
-        total = invoke_rows[0].total
+        # One Rows per invoke (a named tuple's constructor is a Python call).
+        rows_of = {(rows.start, rows.size): rows for rows in invoke_rows}
         # (path, kind) -> call -> entries
         self.plan: dict[tuple[str, str], dict[int, list[Entry]]] = {}
         for path, kind, call, node_id, start, size in requests:
             by_call = self.plan.setdefault((path, kind), {})
-            by_call.setdefault(call, []).append((node_id, Rows(start, size, total)))
+            by_call.setdefault(call, []).append((node_id, rows_of[start, size]))
         self.calls: dict[tuple[str, str], int] = dict.fromkeys(self.plan, 0)
         self._hooks = HookSet()
 
@@ -105,11 +106,12 @@ class Interleaver:
         core, nodes = self.graph._core, self.graph._nodes
         # Calls read by one invoke that owns the whole batch (a plain model.trace(x)): the
         # output goes to its node as it is, with no narrowing, splicing or joining.
-        whole = {
-            call: entries[0]
-            for call, entries in by_call.items()
-            if len(entries) == 1 and entries[0][1].whole
-        }
+        whole = {}
+        for call, entries in by_call.items():
+            if len(entries) == 1:
+                rows = entries[0][1]
+                if rows.start == 0 and rows.size == rows.total:  # Rows.whole, inlined
+                    whole[call] = entries[0]
 
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             call = calls[key]
@@ -117,8 +119,7 @@ class Interleaver:
             entry = whole.get(call)
             if entry is not None:
                 node_id, rows = entry
-                core.set_value(node_id, output, nodes)
-                swap_id = core.swap()
+                swap_id = core.set_value(node_id, output, nodes)  # the pending swap, if any
                 if swap_id is None:
                     return None
                 return self._swap(swap_id, node_id, rows, output, output, key, call)
@@ -143,9 +144,9 @@ class Interleaver:
         pieces: dict[int, Any] = {}
         for node_id, rows in entries:
             view = narrow(activation, rows)
-            core.set_value(node_id, view, nodes)  # Node.set_value, minus two Python frames
+            # Node.set_value, minus two Python frames; returns the pending swap, if any.
+            swap_id = core.set_value(node_id, view, nodes)
             pieces[rows.start] = view
-            swap_id = core.swap()
             if swap_id is None:
                 continue
             activation = self._swap(swap_id, node_id, rows, activation, view, key, call)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..tracing import Proxy
+from ..tracing._source import SOURCE_FINDER
 from ..tracing._walk import map_structure
 from ..tracing.Proxy import BINARY_OPERATORS, COMPARISON_OPERATORS, UNARY_OPERATORS
 
@@ -30,9 +31,12 @@ class InterventionProxy(Proxy):
     __slots__ = ()
 
     def save(self) -> InterventionProxy:
-        graph = self._graph()
-        graph.add("null", None, [self])  # Proxy.save, with the graph looked up once
-        graph.saved.append(self)
+        # The core adds the `null` node and lists the proxy in `graph.saved` in one call; it
+        # declines (a proxy of a finished graph) and `Graph.add` raises what it raises.
+        if not self._core.add_save(self, SOURCE_FINDER):
+            graph = self._graph()
+            graph.add("null", None, [self])
+            graph.saved.append(self)
         return self
 
     def _graph(self) -> InterventionGraph:

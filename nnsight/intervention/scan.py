@@ -31,8 +31,9 @@ _EMPTY = inspect._empty
 #: Signatures kept per model before the cache starts over.
 MAX_SCANS = 64
 
-#: (path, "output" | "input", call index) -> the value's metadata structure.
-CallValues = dict[tuple[str, str, int], Any]
+#: ``"<path>.<output|input>.<call index>"`` (the argument key of the envoy's node) -> the value's
+#: metadata structure.
+CallValues = dict[str, Any]
 
 
 class _Meta:
@@ -134,7 +135,7 @@ class Scanner:
         def keep(path: str, kind: str, value: Any) -> None:
             counter = calls.setdefault(path, [0, 0])
             slot = 0 if kind == "input" else 1
-            found[(path, kind, counter[slot])] = _snapshot(value)
+            found[f"{path}.{kind}.{counter[slot]}"] = _snapshot(value)
             counter[slot] += 1
 
         for name, module in self._model.named_modules():
@@ -168,42 +169,51 @@ def _post(keep: Callable[[str, str, Any], None], path: str) -> Callable[..., Non
     return hook
 
 
+class ScanContext:
+    """What one invoke's scanned values are scanned with: the scanner, the invoke's inputs and
+    the graph's fake runner, never the tracer or the graph, so proxy values form no reference
+    cycle with them. The tracer releases it when the trace is over."""
+
+    __slots__ = ("args", "kwargs", "runner", "scanner")
+
+    def __init__(
+        self, scanner: Scanner, args: tuple[Any, ...], kwargs: dict[str, Any], runner: FakeRunner
+    ) -> None:
+        self.scanner = scanner
+        self.args: tuple[Any, ...] | None = args
+        self.kwargs: dict[str, Any] | None = kwargs
+        self.runner = runner
+
+    def release(self) -> None:
+        """Drops the hold on the invoke's inputs; values not read yet stay unknown
+        (``inspect._empty``) from then on."""
+        self.args = self.kwargs = None
+
+    def values(self) -> CallValues | None:
+        if self.args is None or self.kwargs is None:
+            return None
+        return self.scanner.values(self.args, self.kwargs)
+
+
 class ScannedValue(LazyValue):
     """The proxy value of one module call's input or output, scanned on first read and built
     as fake tensors in the reading graph's fake mode (``inspect._empty`` when unknown).
 
-    Holds the scanner, the invoke's inputs and the graph's fake runner, never the tracer or the
-    graph, so proxy values form no reference cycle with them.
+    The tracer's hot path (``GraphCore.add_argument``) makes these without calling
+    ``__init__``, filling the two slots directly.
     """
 
-    __slots__ = ("_args", "_key", "_kwargs", "_runner", "_scanner")
+    __slots__ = ("_ctx", "_key")
 
-    def __init__(
-        self,
-        scanner: Scanner,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        key: tuple[str, str, int],
-        runner: FakeRunner,
-    ) -> None:
-        self._scanner = scanner
-        self._args = args
-        self._kwargs = kwargs
-        self._key = key
-        self._runner = runner
-
-    def release(self) -> None:
-        """Drops the hold on the invoke's inputs once the trace is over; unread, it stays
-        unknown (``inspect._empty``) from then on."""
-        self._args = self._kwargs = None  # type: ignore[assignment]
+    def __init__(self, ctx: ScanContext, key: str) -> None:
+        self._ctx = ctx
+        self._key = key  # the argument key, "<path>.<output|input>.<call>"
 
     def materialize(self) -> Any:
-        if self._args is None:
-            return _EMPTY
-        found = self._scanner.values(self._args, self._kwargs)
+        found = self._ctx.values()
         if found is None or self._key not in found:
             return _EMPTY
-        return _rebuild(found[self._key], self._runner.mode)
+        return _rebuild(found[self._key], self._ctx.runner.mode)
 
 
 def _rebuild(kept: Any, mode: FakeTensorMode) -> Any:

@@ -14,13 +14,13 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TracingError
-from ..tracing._source import format_source, user_source
+from ..tracing._source import SOURCE_FINDER, format_source, user_source
 from .batching import Rows, batch_size_of, combine
 from .envoy import Envoy, spell_path
 from .graph import InterventionGraph
 from .interleaver import Interleaver, Request
 from .proxy import InterventionProxy, SavedProxy
-from .scan import ScannedValue
+from .scan import ScanContext, ScannedValue
 
 if TYPE_CHECKING:
     from ..models.NNsight import NNsight
@@ -37,8 +37,9 @@ class Invoke:
     kwargs: dict[str, Any]
     start: int
     size: int
-    #: What the scan runs the model with: the invoke's kwargs and the trace's forward kwargs.
-    scan_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: What the invoke's envoy values are scanned with (None: scan off), released when the
+    #: trace is over.
+    scan: ScanContext | None = None
 
 
 class Invoker:
@@ -95,7 +96,6 @@ class Tracer:
         self._calls: dict[str, int] = {}
         self._values: dict[tuple[str, str, int, int], InterventionProxy] = {}
         self._requests: list[Request] = []
-        self._scanned: list[ScannedValue] = []
         self._source = user_source(2)
 
     # ----- the block --------------------------------------------------------------------------
@@ -120,9 +120,9 @@ class Tracer:
         finally:
             self.graph.tracing = False
             self.model._session.tracer = None
-            for scanned in self._scanned:
-                scanned.release()  # read or not, drop the hold on the inputs
-            self._scanned.clear()
+            for invoke in self._invokes:
+                if invoke.scan is not None:
+                    invoke.scan.release()  # read or not, drop the hold on the inputs
             self._values.clear()
             self._requests.clear()
             self._invokes.clear()
@@ -152,14 +152,10 @@ class Tracer:
             )
             raise TracingError(f"invokes cannot be nested, at {format_source(user_source())}{hint}")
         start = sum(invoke.size for invoke in self._invokes)
-        invoke = Invoke(
-            len(self._invokes),
-            args,
-            kwargs,
-            start,
-            batch_size_of((args, kwargs)),
-            {**kwargs, **self._forward_kwargs},
-        )
+        invoke = Invoke(len(self._invokes), args, kwargs, start, batch_size_of((args, kwargs)))
+        if self.scan:
+            scan_kwargs = {**kwargs, **self._forward_kwargs}  # the invoke's and the forward's
+            invoke.scan = ScanContext(self.model._scanner, args, scan_kwargs, self.graph._fake)
         self._invokes.append(invoke)
         self._invoke = invoke
         return invoke
@@ -175,31 +171,30 @@ class Tracer:
 
     def module_value(self, envoy: Envoy, kind: str) -> InterventionProxy:
         """The proxy of ``envoy``'s input or output at its current call, for this invoke."""
+        # Read once per module per trace, so kept to one Python frame below the envoy's: the
+        # key is `_value_key`'s, and the node is added by the core in one call (what
+        # `graph.add("argument", ...)` does, with a `ScannedValue` made without `__init__`).
         invoke = self._invoke
         if invoke is None:
             invoke = self._current_invoke(envoy, kind)  # raises
-        key = self._value_key(envoy, kind, invoke)
-        call = key[2]
+        path = envoy.path
+        call = self._calls.get(path, 0)
+        key = (path, kind, call, invoke.index)
         proxy: InterventionProxy | None = self._values.get(key)
         if proxy is None:
-            value: Any = _EMPTY
-            if self.scan:
-                value = ScannedValue(
-                    self.model._scanner,
-                    invoke.args,
-                    invoke.scan_kwargs,
-                    (envoy.path, kind, call),
-                    self.graph._fake,
-                )
-                self._scanned.append(value)
-            proxy = self.graph.add(  # type: ignore[assignment]  # the graph's proxy class
-                target="argument",
-                value=value,
-                args=[f"{envoy.path}.{kind}.{call}", invoke.size, invoke.start],
+            graph = self.graph
+            proxy = graph._core.add_argument(
+                graph.proxy_class,
+                graph._nodes,
+                f"{path}.{kind}.{call}",
+                invoke.size,
+                invoke.start,
+                invoke.scan,
+                ScannedValue,
+                SOURCE_FINDER,
             )
-            assert proxy is not None
             self._values[key] = proxy
-            self._requests.append((envoy.path, kind, call, proxy._id, invoke.start, invoke.size))
+            self._requests.append((path, kind, call, proxy._id, invoke.start, invoke.size))
         return proxy
 
     def set_module_value(self, envoy: Envoy, kind: str, value: Any) -> None:

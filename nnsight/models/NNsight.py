@@ -78,6 +78,11 @@ class NNsight:
         return getattr(self._envoy, name)
 
     def __getitem__(self, key: int | str) -> Envoy:
+        if type(key) is int:  # model[i], read once per layer per trace: one frame, not two
+            try:
+                return self._envoy._by_index[key]
+            except IndexError:
+                pass  # the envoy raises its own error
         return self._envoy[key]
 
     def __len__(self) -> int:

@@ -243,12 +243,13 @@ class Graph:
 
     def _eliminate_dead_code(self) -> list[int]:
         """``eliminate_dead_code``, returning ids: it makes no node ``add`` left unmade."""
-        effects = []
-        for i, (node, facts) in enumerate(zip(self._nodes, self._core.effect_facts(), strict=True)):
-            if node is None and facts is not None and facts[0] is not proxy_call:
-                effects.append(target_has_effect(*facts))  # leaves the node unmade
+        effects, undecided = self._core.effect_facts()  # reserved kinds decided in the core
+        nodes = self._nodes
+        for i, target, passes_out in undecided:
+            if nodes[i] is None and target is not None and target is not proxy_call:
+                effects[i] = target_has_effect(target, passes_out)  # leaves the node unmade
             else:
-                effects.append(has_effect(self._node(i)))
+                effects[i] = has_effect(self._node(i))
         return self._core.eliminate_dead_code(effects)
 
     # ----- running ----------------------------------------------------------------------------

@@ -220,18 +220,27 @@ impl<V> Default for Graph<V> {
 
 impl<V> Graph<V> {
     pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty graph with room for `nodes` nodes (and as many edges) before any per-node
+    /// vector grows: a graph made per trace would otherwise reallocate each of them several
+    /// times while its first few dozen nodes are added.
+    pub fn with_capacity(nodes: usize) -> Self {
+        let mut dep_offsets = Vec::with_capacity(nodes + 1);
+        dep_offsets.push(0);
         Self {
-            names: Names::default(),
-            kinds: Vec::new(),
-            runs: Vec::new(),
+            names: Names::with_capacity(nodes),
+            kinds: Vec::with_capacity(nodes),
+            runs: Vec::with_capacity(nodes),
             dead: Vec::new(),
-            dep_offsets: vec![0],
-            dep_edges: Vec::new(),
-            listeners: Vec::new(),
+            dep_offsets,
+            dep_edges: Vec::with_capacity(nodes),
+            listeners: Vec::with_capacity(nodes),
             listener_csr: Csr::default(),
-            initial: Vec::new(),
-            remaining: Vec::new(),
-            values: Vec::new(),
+            initial: Vec::with_capacity(nodes),
+            remaining: Vec::with_capacity(nodes),
+            values: Vec::with_capacity(nodes),
             arguments: Vec::new(),
             argument_slots: FxHashMap::default(),
             root: None,

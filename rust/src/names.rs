@@ -45,6 +45,14 @@ pub struct Names {
 }
 
 impl Names {
+    /// An empty index with room for `nodes` names.
+    pub fn with_capacity(nodes: usize) -> Self {
+        Self {
+            names: Vec::with_capacity(nodes),
+            ..Self::default()
+        }
+    }
+
     /// Chooses the name of the next node without recording it (so a refused node changes nothing).
     ///
     /// An explicit `name` must be free. Otherwise the name is `<target>_<n>` for the first free

@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use super::source::SourceFinder;
 use crate::graph::{Event, Graph, Kind, NodeId};
 
 pyo3::create_exception!(
@@ -230,6 +231,10 @@ fn to_id(id: i64) -> Option<NodeId> {
     NodeId::try_from(id).ok()
 }
 
+/// Nodes a new graph has room for before its vectors grow: a trace's graph is made anew for
+/// every trace, and most hold a few dozen nodes.
+const NODES_RESERVED: usize = 64;
+
 /// Node storage, names and propagation for one `nnsight.tracing.Graph`.
 #[pyclass(name = "GraphCore", module = "nnsight._core")]
 pub struct PyGraphCore {
@@ -304,6 +309,54 @@ fn is_subtype(value: &Bound<'_, PyAny>, ty: &Option<Py<PyType>>) -> bool {
 }
 
 impl PyGraphCore {
+    /// Adds a node of a reserved kind whose arguments the caller linked (`deps` are the node
+    /// slots among `args`), keeping `pending` for its `Node`; the hot paths' `add_scanned`.
+    /// An `argument` node's key is its first argument.
+    fn add_reserved(
+        slf: &Bound<'_, Self>,
+        kind: Kind,
+        target: &Bound<'_, PyString>,
+        deps: &[NodeId],
+        args: Vec<Slot>,
+        pending: Pending,
+    ) -> PyResult<NodeId> {
+        let py = slf.py();
+        let key = match (kind, args.first()) {
+            (Kind::Argument, Some(Slot::Const(key))) => {
+                Some(key.bind(py).cast::<PyString>()?.to_str()?)
+            }
+            _ => None,
+        };
+        let mut this = slf.borrow_mut();
+        let id = this
+            .graph
+            .add_node(None, target.to_str()?, kind, deps, key)?;
+        this.plans.push(Plan::Held(CallPlan {
+            target: target.clone().into_any().unbind(),
+            args,
+            kwargs: Vec::new(),
+        }));
+        this.pending.push(Some(pending));
+        Ok(id)
+    }
+
+    /// A bare `proxy_type` instance whose `_core` and `_id` slots name node `id`.
+    fn bare_proxy<'py>(
+        slf: &Bound<'py, Self>,
+        proxy_type: &Bound<'py, PyType>,
+        id: NodeId,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let proxy = new_bare(proxy_type)?;
+        set_slot(&proxy, intern!(py, "_core"), slf.as_any())?;
+        set_slot(
+            &proxy,
+            intern!(py, "_id"),
+            &id.into_pyobject(py)?.into_any(),
+        )?;
+        Ok(proxy)
+    }
+
     fn slot<'py>(&self, py: Python<'py>, slot: &Slot) -> PyResult<Bound<'py, PyAny>> {
         match slot {
             Slot::Const(value) => Ok(value.bind(py).clone()),
@@ -680,14 +733,14 @@ impl PyGraphCore {
         graph_ref: Option<Py<PyAny>>,
     ) -> Self {
         Self {
-            graph: Graph::new(),
-            plans: Vec::new(),
+            graph: Graph::with_capacity(NODES_RESERVED),
+            plans: Vec::with_capacity(NODES_RESERVED),
             empty,
             tensor_type,
             proxy_type,
             node_type,
             graph_ref,
-            pending: Vec::new(),
+            pending: Vec::with_capacity(NODES_RESERVED),
         }
     }
 
@@ -781,14 +834,97 @@ impl PyGraphCore {
             source: source.unbind(),
         });
         nodes.append(py.None())?;
-        let proxy = new_bare(proxy_type)?;
-        set_slot(&proxy, intern!(py, "_core"), slf.as_any())?;
-        set_slot(
-            &proxy,
-            intern!(py, "_id"),
-            &id.into_pyobject(py)?.into_any(),
+        Ok(Some(Self::bare_proxy(slf, proxy_type, id)?))
+    }
+
+    /// `Envoy.output` / `.input`'s hot path (the tracer's `module_value`): adds
+    /// `argument(key, size, start)`, the node standing for one module call's value in one
+    /// invoke, as `add_object` would, with the user's line found by `finder`. Its proxy value
+    /// is a bare `value_type` instance (a `ScannedValue`) whose `_ctx` and `_key` slots are
+    /// `scan` and `key`, or the empty sentinel when `scan` is None. Made for the tracer, which
+    /// calls it only while its graph is tracing.
+    #[allow(clippy::too_many_arguments)]
+    fn add_argument<'py>(
+        slf: &Bound<'py, Self>,
+        proxy_type: &Bound<'py, PyType>,
+        nodes: &Bound<'py, PyList>,
+        key: Bound<'py, PyString>,
+        size: Bound<'py, PyAny>,
+        start: Bound<'py, PyAny>,
+        scan: Bound<'py, PyAny>,
+        value_type: &Bound<'py, PyType>,
+        finder: &Bound<'py, SourceFinder>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let value = if scan.is_none() {
+            slf.borrow().empty.clone_ref(py)
+        } else {
+            let value = new_bare(value_type)?;
+            set_slot(&value, intern!(py, "_ctx"), &scan)?;
+            set_slot(&value, intern!(py, "_key"), key.as_any())?;
+            value.unbind()
+        };
+        let source = finder.borrow_mut().find_from(py, 1)?;
+        let id = Self::add_reserved(
+            slf,
+            Kind::Argument,
+            intern!(py, "argument"),
+            &[],
+            vec![
+                Slot::Const(key.into_any().unbind()),
+                Slot::Const(size.unbind()),
+                Slot::Const(start.unbind()),
+            ],
+            Pending {
+                name: None,
+                proxy_value: Some(value),
+                source: source.into_any().unbind(),
+            },
         )?;
-        Ok(Some(proxy))
+        nodes.append(py.None())?;
+        Self::bare_proxy(slf, proxy_type, id)
+    }
+
+    /// `InterventionProxy.save()`'s hot path: adds `null(proxy)` as `Graph.add` would, with
+    /// the user's line found by `finder`, appends `proxy` to the graph's `saved`, and returns
+    /// True. Returns False, having added nothing, for a proxy of another graph or when the
+    /// graph is gone or no longer tracing: `Graph.add` then raises what it raises.
+    fn add_save(
+        slf: &Bound<'_, Self>,
+        proxy: &Bound<'_, PyAny>,
+        finder: &Bound<'_, SourceFinder>,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let Some(id) = proxy_id(slf, proxy)? else {
+            return Ok(false);
+        };
+        let graph = slf.borrow().live_graph(py)?;
+        let Some(graph) = graph else {
+            return Ok(false);
+        };
+        if !graph.getattr(intern!(py, "tracing"))?.is_truthy()? {
+            return Ok(false);
+        }
+        let nodes = graph
+            .getattr(intern!(py, "_nodes"))?
+            .cast_into::<PyList>()?;
+        let saved = graph.getattr(intern!(py, "saved"))?.cast_into::<PyList>()?;
+        let source = finder.borrow_mut().find_from(py, 1)?;
+        Self::add_reserved(
+            slf,
+            Kind::Null,
+            intern!(py, "null"),
+            &[id],
+            vec![Slot::Node(id)],
+            Pending {
+                name: None,
+                proxy_value: Some(py.None()),
+                source: source.into_any().unbind(),
+            },
+        )?;
+        nodes.append(py.None())?;
+        saved.append(proxy)?;
+        Ok(true)
     }
 
     /// Node `id`'s Python `Node`, made now if `add_object` added it without one (and cached
@@ -845,25 +981,39 @@ impl PyGraphCore {
         Ok((list, dict))
     }
 
-    /// For each node, what `nnsight.tracing.effects` needs to know whether it has an effect,
-    /// read from its plan without making its `Node`: `(target, passes_out)`, where
-    /// `passes_out` says whether `out` is among its keyword arguments; None for a node added
-    /// by `add_node` (its `Node` has all it needs).
-    fn effect_facts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let facts = PyList::empty(py);
-        for plan in &self.plans {
+    /// Whether each node has an effect of its own (see `nnsight.tracing.effects`), as far as
+    /// the core can tell without Python: `(effects, undecided)`. `effects[i]` is decided for
+    /// the reserved kinds (`null` and `swap` have one, `argument` and `grad` do not) and False
+    /// as a placeholder for the rest, which `undecided` lists as `(id, target, passes_out)`
+    /// read from the node's plan without making its `Node` (`passes_out`: `out` is among its
+    /// keyword arguments); the target is None for a node added by `add_node`, whose `Node`
+    /// has all it needs. A trace of envoy reads and saves leaves nothing undecided.
+    #[allow(clippy::type_complexity)]
+    fn effect_facts<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Vec<bool>, Vec<(NodeId, Bound<'py, PyAny>, bool)>)> {
+        let mut effects = Vec::with_capacity(self.plans.len());
+        let mut undecided = Vec::new();
+        for (id, plan) in (0..).zip(&self.plans) {
+            let kind = self.graph.kind(id)?;
+            if kind != Kind::Op {
+                effects.push(matches!(kind, Kind::Null | Kind::Swap));
+                continue;
+            }
+            effects.push(false);
             match plan {
                 Plan::Call(plan) | Plan::Held(plan) => {
                     let passes_out = plan
                         .kwargs
                         .iter()
                         .any(|(key, _)| key.bind(py).to_str().is_ok_and(|key| key == "out"));
-                    facts.append((plan.target.bind(py), passes_out))?;
+                    undecided.push((id, plan.target.bind(py).clone(), passes_out));
                 }
-                Plan::Python => facts.append(py.None())?,
+                Plan::Python => undecided.push((id, py.None().into_bound(py), false)),
             }
         }
-        Ok(facts)
+        Ok((effects, undecided))
     }
 
     /// The Python `Graph` this core belongs to, or None once it no longer exists.
@@ -907,17 +1057,20 @@ impl PyGraphCore {
         Self::drain(slf, 0, nodes)
     }
 
-    /// Sets a node's value and executes everything that becomes ready because of it.
+    /// Sets a node's value and executes everything that becomes ready because of it. Returns
+    /// the pending swap's id after that (what `swap()` would say next), or None: a module hook
+    /// learns in the same call whether its value is to be replaced.
     fn set_value(
         slf: &Bound<'_, Self>,
         id: i64,
         value: Py<PyAny>,
         nodes: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Option<NodeId>> {
         let id = to_id(id).ok_or_else(|| PyValueError::new_err(format!("invalid node id {id}")))?;
         let base = slf.borrow().graph.frame_base();
         Self::store(slf, id, value)?;
-        Self::drain(slf, base, nodes)
+        Self::drain(slf, base, nodes)?;
+        Ok(slf.borrow().graph.swap())
     }
 
     /// Releases a node's value.

@@ -56,6 +56,28 @@ impl SourceFinder {
     /// in a Python helper would start); `unknown` when every frame is library code.
     #[pyo3(signature = (skip = 1))]
     fn find<'py>(&mut self, py: Python<'py>, skip: usize) -> PyResult<Bound<'py, PyTuple>> {
+        self.find_from(py, skip)
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        for entry in self.codes.values() {
+            visit.call(&entry.code)?;
+            for site in entry.sites.values() {
+                visit.call(site)?;
+            }
+        }
+        visit.call(&self.unknown)
+    }
+}
+
+impl SourceFinder {
+    /// [`SourceFinder::find`] for the core's own hot paths: called from Rust code that Python
+    /// called, `skip = 1` starts at that Python caller's frame.
+    pub(crate) fn find_from<'py>(
+        &mut self,
+        py: Python<'py>,
+        skip: usize,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         // SAFETY: with the GIL held, PyEval_GetFrame returns the running frame (borrowed) or
         // NULL; PyFrame_GetBack returns a new reference or NULL.
         let current = unsafe { ffi::PyEval_GetFrame() };
@@ -106,16 +128,6 @@ impl SourceFinder {
             return Ok(site);
         }
         Ok(self.unknown.bind(py).clone())
-    }
-
-    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        for entry in self.codes.values() {
-            visit.call(&entry.code)?;
-            for site in entry.sites.values() {
-                visit.call(site)?;
-            }
-        }
-        visit.call(&self.unknown)
     }
 }
 
