@@ -10,7 +10,7 @@ back to the public API.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -20,21 +20,28 @@ from torch.utils.hooks import RemovableHandle
 class HookSet:
     """Hooks added for one run; :meth:`remove` takes every one of them out again."""
 
-    __slots__ = ("_entries", "_handles")
+    __slots__ = ("_entries", "_handles", "_ids")
 
     def __init__(self) -> None:
-        self._entries: list[tuple[int, list[dict[int, Any]]]] = []
+        self._entries: list[tuple[dict[int, Any], int]] = []  # (hook table, hook id)
         self._handles: list[RemovableHandle] = []
+        self._ids: Iterator[int] = iter(())
+
+    def reserve(self, count: int) -> None:
+        """Takes ``count`` hook ids from torch's counter at once (ids this set's next hooks
+        use), so adding each hook does not write the counter, a class attribute, again."""
+        first = RemovableHandle.next_id
+        RemovableHandle.next_id = first + count
+        self._ids = iter(range(first, first + count))
 
     def forward(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
         hooks = getattr(module, "_forward_hooks", None)
         if not isinstance(hooks, dict):
             self._handles.append(module.register_forward_hook(hook))
             return
-        hook_id = RemovableHandle.next_id  # _next_id(), inlined: called once per hooked module
-        RemovableHandle.next_id = hook_id + 1
+        hook_id = self._next_id()
         hooks[hook_id] = hook
-        self._entries.append((hook_id, [hooks]))
+        self._entries.append((hooks, hook_id))
 
     def forward_pre(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
         """A pre-hook called as ``hook(module, args, kwargs)``."""
@@ -43,22 +50,23 @@ class HookSet:
         if not isinstance(hooks, dict) or not isinstance(with_kwargs, dict):
             self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             return
-        hook_id = _next_id()
+        hook_id = self._next_id()
         hooks[hook_id] = hook
         with_kwargs[hook_id] = True
-        self._entries.append((hook_id, [hooks, with_kwargs]))
+        self._entries.append((hooks, hook_id))
+        self._entries.append((with_kwargs, hook_id))
+
+    def _next_id(self) -> int:
+        hook_id = next(self._ids, None)
+        if hook_id is None:  # none reserved (left)
+            hook_id = RemovableHandle.next_id
+            RemovableHandle.next_id += 1
+        return hook_id
 
     def remove(self) -> None:
-        for hook_id, dicts in self._entries:
-            for table in dicts:
-                table.pop(hook_id, None)
+        for table, hook_id in self._entries:
+            table.pop(hook_id, None)
         self._entries.clear()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-
-
-def _next_id() -> int:
-    hook_id = RemovableHandle.next_id
-    RemovableHandle.next_id += 1
-    return hook_id

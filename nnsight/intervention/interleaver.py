@@ -65,13 +65,21 @@ class Interleaver:
     # ----- hooks ------------------------------------------------------------------------------
 
     def __enter__(self) -> Interleaver:
+        # Output hooks: one function for every module read once (the usual case), finding the
+        # module's plan in a dict, which is cheaper than making a closure per module.
+        shared: dict[torch.nn.Module, tuple[tuple[str, str], dict[int, list[Entry]], Any]] = {}
+        hook_shared = self._shared_output_hook(shared)
+        self._hooks.reserve(len(self.plan))
         try:
             for path, kind in self.plan:
                 module = self.modules[path]
                 if kind == "input":
                     self._hooks.forward_pre(module, self._input_hook(path))
-                else:
+                elif module in shared:  # one module at two paths: a hook per path
                     self._hooks.forward(module, self._output_hook(path))
+                else:
+                    shared[module] = self._output_plan(path)
+                    self._hooks.forward(module, hook_shared)
         except BaseException:
             self._hooks.remove()
             raise
@@ -99,21 +107,37 @@ class Interleaver:
 
         return hook
 
-    def _output_hook(self, path: str) -> Callable[..., Any]:
+    def _output_plan(
+        self, path: str
+    ) -> tuple[tuple[str, str], dict[int, list[Entry]], dict[int, Entry]]:
+        """``(key, entries by call, whole)`` of a module's output: ``whole`` has the calls read
+        by one invoke that owns the whole batch (a plain ``model.trace(x)``), whose output goes
+        to its node as it is, with no narrowing, splicing or joining."""
         key = (path, "output")
         by_call = self.plan[key]
-        calls = self.calls
-        core, nodes = self.graph._core, self.graph._nodes
-        # Calls read by one invoke that owns the whole batch (a plain model.trace(x)): the
-        # output goes to its node as it is, with no narrowing, splicing or joining.
         whole = {}
         for call, entries in by_call.items():
             if len(entries) == 1:
                 rows = entries[0][1]
                 if rows.start == 0 and rows.size == rows.total:  # Rows.whole, inlined
                     whole[call] = entries[0]
+        return key, by_call, whole
 
-        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    def _output_hook(self, path: str) -> Callable[..., Any]:
+        """The output hook of the module at ``path`` alone."""
+        plan = self._output_plan(path)
+        hook = self._shared_output_hook({})
+        return lambda module, args, output: hook(module, args, output, plan)
+
+    def _shared_output_hook(self, plans: dict[torch.nn.Module, Any]) -> Callable[..., Any]:
+        """An output hook for every module in ``plans`` (module -> ``_output_plan``)."""
+        calls = self.calls
+        core, nodes = self.graph._core, self.graph._nodes
+
+        def hook(
+            module: torch.nn.Module, args: tuple[Any, ...], output: Any, plan: Any = None
+        ) -> Any:
+            key, by_call, whole = plans[module] if plan is None else plan
             call = calls[key]
             calls[key] = call + 1
             entry = whole.get(call)
