@@ -4,19 +4,39 @@ from typing import Any, final
 
 from typing_extensions import Self
 
-__all__ = ["ROOT_ARGUMENT", "ForeignNode", "GraphCore", "SourceFinder", "proxy_node"]
+__all__ = [
+    "ROOT_ARGUMENT",
+    "ForeignNode",
+    "GraphCore",
+    "OutputHook",
+    "SourceFinder",
+    "proxy_node",
+    "set_classes",
+]
 
 ROOT_ARGUMENT: str
 
 class ForeignNode(Exception): ...
 
 def proxy_node(proxy: Any) -> Any: ...
+def set_classes(objects: list[Any], cls: type) -> None: ...
 
 @final
 class SourceFinder:
     def __new__(cls, library_dirs: list[str], unknown: tuple[str, int]) -> Self: ...
     def add_library_dir(self, directory: str) -> None: ...
     def find(self, skip: int = 1) -> tuple[str, int]: ...
+
+@final
+class OutputHook:
+    def __new__(cls, core: GraphCore, nodes: list[Any], fallback: Any) -> Self: ...
+    def add(
+        self, module: Any, whole: dict[int, int], others: bool, last: int, hook_id: int
+    ) -> int | None: ...
+    def calls(self, slot: int) -> int: ...
+    def short(self) -> list[int]: ...
+    def remove(self) -> None: ...
+    def __call__(self, module: Any, _args: Any, output: Any) -> Any: ...
 
 @final
 class GraphCore:

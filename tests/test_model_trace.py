@@ -181,6 +181,27 @@ def test_only_used_modules_get_hooks_and_only_during_the_run() -> None:
     assert hook_count(net) == 0
 
 
+def test_a_module_read_at_two_paths_gets_a_hook_per_path() -> None:
+    # The core's output hook takes each module once; a second path to the same module (as
+    # an aliased module would have) gets a Python hook of its own. Both see every call.
+    net = mlp()
+    model = NNsight(net)
+    model._modules_by_path[".1"] = net[0]  # alias: ".1" now names the first Linear too
+    x = torch.randn(2, 8)
+    with model.trace(x):
+        first = model[0].output.save()
+        alias = model[1].output.save()
+        model[1].output[:, 0] = 5.0  # an edit through the Python hook reaches the model
+        out = model.output.save()
+    with torch.no_grad():
+        expected = net[0](x)
+        expected[:, 0] = 5.0
+        expected_out = net[1:](expected)
+    assert torch.equal(first, expected) and torch.equal(alias, expected)
+    assert torch.allclose(out, expected_out)
+    assert hook_count(net) == 0
+
+
 def test_print_graph_lists_names_targets_args_and_lines() -> None:
     model = NNsight(mlp())
     with model.trace(torch.randn(2, 8)) as tracer:
@@ -205,7 +226,7 @@ def test_envoy_reads_and_saves_are_nodes_at_the_users_line() -> None:
     assert read.source == save.source == (__file__, line)
     assert graph.argument_node_names[".2.output.0"] == ["argument_1"]
     assert hidden.shape == (2, 8)  # saved: its value
-    with pytest.raises(TracingError, match=rf"cannot add 'null' at .*test_model_trace.py:"):
+    with pytest.raises(TracingError, match=r"cannot add 'null' at .*test_model_trace.py:"):
         unsaved.save()  # the trace is over: nothing is added
     assert len(graph.nodes) == 4 and "null_1" not in graph.nodes
 

@@ -39,7 +39,7 @@ class HookSet:
         if not isinstance(hooks, dict):
             self._handles.append(module.register_forward_hook(hook))
             return
-        hook_id = self._next_id()
+        hook_id = self.next_id()
         hooks[hook_id] = hook
         self._entries.append((hooks, hook_id))
 
@@ -50,13 +50,14 @@ class HookSet:
         if not isinstance(hooks, dict) or not isinstance(with_kwargs, dict):
             self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             return
-        hook_id = self._next_id()
+        hook_id = self.next_id()
         hooks[hook_id] = hook
         with_kwargs[hook_id] = True
         self._entries.append((hooks, hook_id))
         self._entries.append((with_kwargs, hook_id))
 
-    def _next_id(self) -> int:
+    def next_id(self) -> int:
+        """A hook id: a reserved one while any are left, else the next of torch's counter."""
         hook_id = next(self._ids, None)
         if hook_id is None:  # none reserved (left)
             hook_id = RemovableHandle.next_id

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._core import OutputHook
 from ..errors import ExecutionError, TracingError
 from ..tracing._source import format_source
 from .batching import Rows, join_rows, narrow, splice
@@ -59,34 +60,61 @@ class Interleaver:
         for path, kind, call, node_id, start, size in requests:
             by_call = self.plan.setdefault((path, kind), {})
             by_call.setdefault(call, []).append((node_id, rows_of[start, size]))
+        #: Calls seen per key, by the Python hooks (see `made` for all keys).
         self.calls: dict[tuple[str, str], int] = dict.fromkeys(self.plan, 0)
         self._hooks = HookSet()
+        self._outputs = OutputHook(graph._core, graph._nodes, self._output_fallback)
+        self._output_slots: dict[tuple[str, str], int] = {}
+        self._output_keys: list[tuple[str, str]] = []  # by slot
+        self._python_keys: list[tuple[str, str]] = []  # hooked in Python
 
     # ----- hooks ------------------------------------------------------------------------------
 
     def __enter__(self) -> Interleaver:
-        # Output hooks: one function for every module read once (the usual case), finding the
-        # module's plan in a dict, which is cheaper than making a closure per module.
-        shared: dict[torch.nn.Module, tuple[tuple[str, str], dict[int, list[Entry]], Any]] = {}
-        hook_shared = self._shared_output_hook(shared)
+        # Module outputs: one hook object in the core for every module (see
+        # `nnsight._core.OutputHook`); this class's Python handles what it hands back.
+        outputs = self._outputs
         self._hooks.reserve(len(self.plan))
         try:
-            for path, kind in self.plan:
+            for key, by_call in self.plan.items():
+                path, kind = key
                 module = self.modules[path]
                 if kind == "input":
                     self._hooks.forward_pre(module, self._input_hook(path))
-                elif module in shared:  # one module at two paths: a hook per path
+                    self._python_keys.append(key)
+                    continue
+                whole = {}
+                for call, entries in by_call.items():
+                    if len(entries) == 1:
+                        node_id, rows = entries[0]
+                        if rows.start == 0 and rows.size == rows.total:  # Rows.whole, inlined
+                            whole[call] = node_id
+                others, last = len(whole) < len(by_call), max(by_call)
+                slot = outputs.add(module, whole, others, last, self._hooks.next_id())
+                if slot is None:  # a module at two paths, or one without hook dicts
                     self._hooks.forward(module, self._output_hook(path))
+                    self._python_keys.append(key)
                 else:
-                    shared[module] = self._output_plan(path)
-                    self._hooks.forward(module, hook_shared)
+                    self._output_slots[key] = slot
+                    self._output_keys.append(key)
         except BaseException:
-            self._hooks.remove()
+            self._remove_hooks()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._hooks.remove()
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        try:
+            self._hooks.remove()
+        finally:
+            self._outputs.remove()
+
+    def made(self, key: tuple[str, str]) -> int:
+        """How many times the module at ``key``'s path was called so far."""
+        slot = self._output_slots.get(key)
+        return self.calls[key] if slot is None else self._outputs.calls(slot)
 
     def _input_hook(self, path: str) -> Callable[..., Any]:
         key = (path, "input")
@@ -107,52 +135,36 @@ class Interleaver:
 
         return hook
 
-    def _output_plan(
-        self, path: str
-    ) -> tuple[tuple[str, str], dict[int, list[Entry]], dict[int, Entry]]:
-        """``(key, entries by call, whole)`` of a module's output: ``whole`` has the calls read
-        by one invoke that owns the whole batch (a plain ``model.trace(x)``), whose output goes
-        to its node as it is, with no narrowing, splicing or joining."""
+    def _output_hook(self, path: str) -> Callable[..., Any]:
+        """A Python output hook for the module at ``path`` alone (one the core's hook cannot
+        take: hooked at two paths, or without hook dicts)."""
         key = (path, "output")
         by_call = self.plan[key]
-        whole = {}
-        for call, entries in by_call.items():
-            if len(entries) == 1:
-                rows = entries[0][1]
-                if rows.start == 0 and rows.size == rows.total:  # Rows.whole, inlined
-                    whole[call] = entries[0]
-        return key, by_call, whole
-
-    def _output_hook(self, path: str) -> Callable[..., Any]:
-        """The output hook of the module at ``path`` alone."""
-        plan = self._output_plan(path)
-        hook = self._shared_output_hook({})
-        return lambda module, args, output: hook(module, args, output, plan)
-
-    def _shared_output_hook(self, plans: dict[torch.nn.Module, Any]) -> Callable[..., Any]:
-        """An output hook for every module in ``plans`` (module -> ``_output_plan``)."""
         calls = self.calls
-        core, nodes = self.graph._core, self.graph._nodes
 
-        def hook(
-            module: torch.nn.Module, args: tuple[Any, ...], output: Any, plan: Any = None
-        ) -> Any:
-            key, by_call, whole = plans[module] if plan is None else plan
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             call = calls[key]
             calls[key] = call + 1
-            entry = whole.get(call)
-            if entry is not None:
-                node_id, rows = entry
-                swap_id = core.set_value(node_id, output, nodes)  # the pending swap, if any
-                if swap_id is None:
-                    return None
-                return self._swap(swap_id, node_id, rows, output, output, key, call)
             entries = by_call.get(call)
             if entries is None:
                 return None
             return self._intervene(entries, output, key, call)
 
         return hook
+
+    def _output_fallback(self, slot: int, call: int, output: Any, node_id: int | None) -> Any:
+        """What the core's output hook hands back: with ``node_id``, that node took the whole
+        output and made a swap ready; without, the call's rows belong to several invokes."""
+        key = self._output_keys[slot]
+        entries = self.plan[key].get(call)
+        if entries is None:
+            return None
+        if node_id is None:
+            return self._intervene(entries, output, key, call)
+        swap_id = self.graph._core.swap()
+        rows = entries[0][1]
+        assert swap_id is not None  # the core said one is pending
+        return self._swap(swap_id, node_id, rows, output, output, key, call)
 
     # ----- one module call --------------------------------------------------------------------
 
@@ -214,8 +226,11 @@ class Interleaver:
         """What the graph asked of module calls that never happened (``.next()`` past the last
         call), for the argument nodes anything live still needs; None when nothing."""
         lines: list[str] = []
-        for (path, kind), by_call in self.plan.items():
-            made = self.calls[(path, kind)]
+        # Of the core's hook, only modules that ran too few times (the usual run has none).
+        keys = self._python_keys + [self._output_keys[slot] for slot in self._outputs.short()]
+        for path, kind in keys:
+            by_call = self.plan[path, kind]
+            made = self.made((path, kind))
             for call, entries in by_call.items():
                 if call < made:
                     continue

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from .._core import set_classes
 from ..errors import TracingError
 from ..tracing._source import SOURCE_FINDER, format_source, user_source
 from .batching import Rows, batch_size_of, combine
@@ -263,8 +264,7 @@ class Tracer:
             if hasattr(exc, "add_note") and not isinstance(exc, TracingError):
                 exc.add_note(f"(raised while running the trace at {format_source(self._source)})")
             raise
-        for proxy in graph.saved:
-            object.__setattr__(proxy, "__class__", SavedProxy)
+        set_classes(graph.saved, SavedProxy)  # each: object.__setattr__(p, "__class__", ...)
         graph.saved.clear()
 
 

@@ -35,7 +35,19 @@ pyo3::create_exception!(
 
 pub fn register(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
     m.add("ForeignNode", m.py().get_type::<ForeignNode>())?;
-    m.add_function(pyo3::wrap_pyfunction!(proxy_node, m)?)
+    m.add_function(pyo3::wrap_pyfunction!(proxy_node, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(set_classes, m)?)
+}
+
+/// `object.__setattr__(obj, "__class__", cls)` for every object in `objects`, with Python's own
+/// layout checks: a trace's saved proxies become `SavedProxy`s in one call.
+#[pyfunction]
+fn set_classes(objects: &Bound<'_, PyList>, cls: &Bound<'_, PyType>) -> PyResult<()> {
+    let py = objects.py();
+    for obj in objects.iter() {
+        set_slot(&obj, intern!(py, "__class__"), cls.as_any())?;
+    }
+    Ok(())
 }
 
 /// The node of a proxy `GraphCore.add_object` made, which names its node by its `_core` and
@@ -693,6 +705,20 @@ impl PyGraphCore {
         Ok(())
     }
 
+    /// `set_value`: stores the value, executes what becomes ready, and returns the pending
+    /// swap (also for `OutputHook`, which feeds module outputs without a Python call).
+    pub(super) fn feed(
+        slf: &Bound<'_, Self>,
+        id: NodeId,
+        value: Py<PyAny>,
+        nodes: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<NodeId>> {
+        let base = slf.borrow().graph.frame_base();
+        Self::store(slf, id, value)?;
+        Self::drain(slf, base, nodes)?;
+        Ok(slf.borrow().graph.swap())
+    }
+
     fn store(slf: &Bound<'_, Self>, id: NodeId, value: Py<PyAny>) -> PyResult<()> {
         let mut released = Vec::new();
         let result = slf.borrow_mut().graph.set_value(id, value, &mut released);
@@ -1067,10 +1093,7 @@ impl PyGraphCore {
         nodes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<NodeId>> {
         let id = to_id(id).ok_or_else(|| PyValueError::new_err(format!("invalid node id {id}")))?;
-        let base = slf.borrow().graph.frame_base();
-        Self::store(slf, id, value)?;
-        Self::drain(slf, base, nodes)?;
-        Ok(slf.borrow().graph.swap())
+        Self::feed(slf, id, value, nodes)
     }
 
     /// Releases a node's value.

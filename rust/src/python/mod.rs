@@ -4,6 +4,7 @@
 //! place, the `From` impl below.
 
 mod core;
+mod hooks;
 mod source;
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
@@ -28,6 +29,7 @@ impl From<GraphError> for PyErr {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<core::PyGraphCore>()?;
     m.add_class::<source::SourceFinder>()?;
+    m.add_class::<hooks::OutputHook>()?;
     core::register(m)?;
     m.add("ROOT_ARGUMENT", crate::graph::ROOT_ARGUMENT)?;
     Ok(())
