@@ -152,19 +152,20 @@ class Interleaver:
 
         return hook
 
-    def _output_fallback(self, slot: int, call: int, output: Any, node_id: int | None) -> Any:
-        """What the core's output hook hands back: with ``node_id``, that node took the whole
-        output and made a swap ready; without, the call's rows belong to several invokes."""
+    def _output_fallback(
+        self, slot: int, call: int, output: Any, fed: tuple[int, int] | None
+    ) -> Any:
+        """What the core's output hook hands back: with ``fed = (node_id, swap_id)``, that node
+        took the whole output and made that swap ready; without, the call's rows belong to
+        several invokes."""
         key = self._output_keys[slot]
         entries = self.plan[key].get(call)
         if entries is None:
             return None
-        if node_id is None:
+        if fed is None:
             return self._intervene(entries, output, key, call)
-        swap_id = self.graph._core.swap()
-        rows = entries[0][1]
-        assert swap_id is not None  # the core said one is pending
-        return self._swap(swap_id, node_id, rows, output, output, key, call)
+        node_id, swap_id = fed
+        return self._swap(swap_id, node_id, entries[0][1], output, output, key, call)
 
     # ----- one module call --------------------------------------------------------------------
 

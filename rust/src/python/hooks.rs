@@ -37,9 +37,9 @@ struct Run {
 /// The output hook of one run (see the module docs), made by the interleaver.
 #[pyclass(module = "nnsight._core")]
 pub struct OutputHook {
-    /// The graph's core, its `_nodes`, and `fallback(slot, call, output, node_id)`: `node_id`
-    /// is the node the whole output was just given to when a swap is now pending, None when
-    /// the call is not a whole-batch one. Dropped by `remove`: the fallback is a method of the
+    /// The graph's core, its `_nodes`, and `fallback(slot, call, output, fed)`: `fed` is
+    /// `(node_id, swap_id)` when the whole output was just given to `node_id` and swap
+    /// `swap_id` is now pending, None when the call is not a whole-batch one. Dropped by `remove`: the fallback is a method of the
     /// interleaver holding this hook, and that cycle must not outlive the run.
     run: Option<Run>,
     /// Module address -> its slot in `hooked`.
@@ -180,7 +180,7 @@ impl OutputHook {
                 )?;
                 match swap {
                     None => Ok(py.None()),
-                    Some(_) => Ok(fallback.call1(py, (slot, call, output, id))?),
+                    Some(swap) => Ok(fallback.call1(py, (slot, call, output, (id, swap)))?),
                 }
             }
             None if others => Ok(fallback.call1(py, (slot, call, output, py.None()))?),
