@@ -39,8 +39,9 @@ struct Run {
 pub struct OutputHook {
     /// The graph's core, its `_nodes`, and `fallback(slot, call, output, fed)`: `fed` is
     /// `(node_id, swap_id)` when the whole output was just given to `node_id` and swap
-    /// `swap_id` is now pending, None when the call is not a whole-batch one. Dropped by `remove`: the fallback is a method of the
-    /// interleaver holding this hook, and that cycle must not outlive the run.
+    /// `swap_id` is now pending, None when the call is not a whole-batch one. Dropped by
+    /// `remove`: the fallback is a method of the interleaver holding this hook, and that
+    /// cycle must not outlive the run.
     run: Option<Run>,
     /// Module address -> its slot in `hooked`.
     slots: FxHashMap<usize, u32>,
