@@ -48,11 +48,17 @@ def test_iterating_a_proxy_of_unknown_length_raises_but_unpacking_known_tuples_w
     assert len(rows) == 2
 
 
-def test_next_past_the_last_call_names_the_module_and_call() -> None:
+@pytest.mark.parametrize("kind, invokes", [("output", 1), ("output", 2), ("input", 1)])
+def test_next_past_the_last_call_names_the_module_and_call(kind: str, invokes: int) -> None:
+    # Each way a read is hooked: the core's output hook, its fallback for several invokes'
+    # rows, and a Python input hook.
     model = NNsight(Reuse())
-    with pytest.raises(TracingError, match=r"model.shared.output of call 2 .*ran 2 time\(s\)"):
-        with model.trace(torch.randn(2, 6)):
-            model.shared.next().next().output.save()
+    with pytest.raises(TracingError, match=rf"model.shared.{kind} of call 2 .*ran 2 time\(s\)"):
+        with model.trace() as tracer:
+            for _ in range(invokes):
+                with tracer.invoke(torch.randn(2, 6)):
+                    getattr(model.shared.next().next(), kind).save()
+    assert hook_count(model._model) == 0
 
 
 def test_module_paths_that_do_not_exist_raise() -> None:

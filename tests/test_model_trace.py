@@ -182,21 +182,24 @@ def test_only_used_modules_get_hooks_and_only_during_the_run() -> None:
 
 
 def test_a_module_read_at_two_paths_gets_a_hook_per_path() -> None:
-    # The core's output hook takes each module once; a second path to the same module (as
-    # an aliased module would have) gets a Python hook of its own. Both see every call.
-    net = mlp()
+    # The core's output hook takes each module once; a second path to the same module (one
+    # module in two containers) gets a Python hook of its own. Both see every call.
+    shared = torch.nn.Linear(8, 8)
+    net = torch.nn.Sequential(
+        torch.nn.Sequential(shared), torch.nn.Sequential(shared, torch.nn.ReLU())
+    )
     model = NNsight(net)
-    model._modules_by_path[".1"] = net[0]  # alias: ".1" now names the first Linear too
     x = torch.randn(2, 8)
     with model.trace(x):
-        first = model[0].output.save()
-        alias = model[1].output.save()
-        model[1].output[:, 0] = 5.0  # an edit through the Python hook reaches the model
+        first = model[0][0].output.save()
+        alias = model[1][0].output.save()  # call 0 at this path too: shared's first call
+        assert alias.shape == (2, 8)  # the scan knows the module at both paths
+        model[1][0].output[:, 0] = 5.0  # an edit through the Python hook reaches the model
         out = model.output.save()
     with torch.no_grad():
-        expected = net[0](x)
+        expected = shared(x)
         expected[:, 0] = 5.0
-        expected_out = net[1:](expected)
+        expected_out = torch.relu(shared(expected))
     assert torch.equal(first, expected) and torch.equal(alias, expected)
     assert torch.allclose(out, expected_out)
     assert hook_count(net) == 0

@@ -16,6 +16,7 @@ from ..errors import TracingError
 from ..tracing._source import format_source, user_source
 
 if TYPE_CHECKING:
+    from .._core import ModuleReads
     from .proxy import InterventionProxy
     from .tracer import Tracer
 
@@ -29,12 +30,14 @@ def spell_path(path: str) -> str:
 
 
 class Session:
-    """What all envoys of one wrapped model share: the trace open on it, if any."""
+    """What all envoys of one wrapped model share: the trace open on it, if any, and that
+    trace's module reads (the core's ``ModuleReads``, which hands out ``.output`` proxies)."""
 
-    __slots__ = ("tracer",)
+    __slots__ = ("reads", "tracer")
 
     def __init__(self) -> None:
         self.tracer: Tracer | None = None
+        self.reads: ModuleReads | None = None
 
 
 class Envoy:
@@ -115,10 +118,10 @@ class Envoy:
     @property
     def output(self) -> InterventionProxy:
         """Proxy of this module's output at its current call, for the current invoke."""
-        tracer = self._session.tracer
-        if tracer is None:
-            tracer = self._tracer("output")  # raises
-        return tracer.module_value(self, "output")
+        # One core call: read once per module per trace, it is the tracer's hot path.
+        reads = self._session.reads
+        proxy = None if reads is None else reads.read(self, "output")
+        return self._read("output") if proxy is None else proxy
 
     @output.setter
     def output(self, value: Any) -> None:
@@ -127,11 +130,18 @@ class Envoy:
     @property
     def input(self) -> InterventionProxy:
         """Proxy of this module's input, ``((args...), {kwargs})`` as in nnsight 0.2."""
-        return self._tracer("input").module_value(self, "input")
+        reads = self._session.reads
+        proxy = None if reads is None else reads.read(self, "input")
+        return self._read("input") if proxy is None else proxy
 
     @input.setter
     def input(self, value: Any) -> None:
         self._tracer("input").set_module_value(self, "input", value)
+
+    def _read(self, kind: str) -> InterventionProxy:
+        """``kind``'s proxy by way of the tracer, which raises why there is none here (outside
+        a trace, or outside an invoke)."""
+        return self._tracer(kind).module_value(self, kind)
 
     def next(self, steps: int = 1) -> Envoy:
         """Addresses this module's next call from now on (a module called several times per

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
-from .._core import OutputHook
+from .._core import ModuleReads, OutputHook
 from ..errors import ExecutionError, TracingError
 from ..tracing._source import format_source
 from .batching import Rows, join_rows, narrow, splice
@@ -22,22 +23,27 @@ from .envoy import spell_path
 from .graph import InterventionGraph
 from .hooks import HookSet
 
-#: One argument node (its id) waiting for a module call, with the rows of its invoke.
+#: One argument node (its id: the ``Node`` object is only made when an error names it) waiting
+#: for a module call, with the rows of its invoke.
 Entry = tuple[int, Rows]
 
 
-#: An argument node (its id: the ``Node`` object is only made when an error names it) the
-#: tracer made for a module's input or output at one call:
-#: ``(path, "input" | "output", call, node id, start row, rows)``.
+#: A module value read, as the core lists them: ``(path, "input" | "output", call, node id,
+#: start row, rows)``.
 Request = tuple[str, str, int, int, int, int]
 
 
 class Interleaver:
     """Hooks one model for one run of ``graph``.
 
+    Module outputs are hooked by the core (``nnsight._core.OutputHook``), which plans the run
+    from the trace's reads and feeds whole-batch values itself; this class hooks what it hands
+    back (module inputs, a module at two paths) and handles its fallback (swaps, rows of
+    several invokes).
+
     Args:
-        graph: The trace's graph, compiled for this run.
-        requests: The argument nodes envoys made, in the order they were made.
+        graph: The trace's graph, with dead code eliminated.
+        reads: The module values the trace's envoys read (``ModuleReads``).
         modules: Module of each envoy path.
         invoke_rows: Rows of every invoke, in batch order (for gradient-carrying rebuilds).
     """
@@ -45,62 +51,50 @@ class Interleaver:
     def __init__(
         self,
         graph: InterventionGraph,
-        requests: list[Request],
+        reads: ModuleReads,
         modules: dict[str, torch.nn.Module],
         invoke_rows: list[Rows],
     ) -> None:
         self.graph = graph
+        self.reads = reads
         self.modules = modules
         self.invoke_rows = invoke_rows
+        self.total = invoke_rows[-1].total if invoke_rows else 0
         self.joins = graph.has_grads and len(invoke_rows) > 1
-        # One Rows per invoke (a named tuple's constructor is a Python call).
-        rows_of = {(rows.start, rows.size): rows for rows in invoke_rows}
-        # (path, kind) -> call -> entries
+        #: (path, kind) -> call -> entries, for the reads handled in Python.
         self.plan: dict[tuple[str, str], dict[int, list[Entry]]] = {}
-        for path, kind, call, node_id, start, size in requests:
-            by_call = self.plan.setdefault((path, kind), {})
-            by_call.setdefault(call, []).append((node_id, rows_of[start, size]))
-        #: Calls seen per key, by the Python hooks (see `made` for all keys).
-        self.calls: dict[tuple[str, str], int] = dict.fromkeys(self.plan, 0)
+        #: Calls seen per key hooked in Python.
+        self.calls: dict[tuple[str, str], int] = {}
         self._hooks = HookSet()
         self._outputs = OutputHook(graph._core, graph._nodes, self._output_fallback)
-        self._output_slots: dict[tuple[str, str], int] = {}
-        self._output_keys: list[tuple[str, str]] = []  # by slot
-        self._python_keys: list[tuple[str, str]] = []  # hooked in Python
 
     # ----- hooks ------------------------------------------------------------------------------
 
     def __enter__(self) -> Interleaver:
-        # Module outputs: one hook object in the core for every module (see
-        # `nnsight._core.OutputHook`); this class's Python handles what it hands back.
-        outputs = self._outputs
-        self._hooks.reserve(len(self.plan))
         try:
-            for key, by_call in self.plan.items():
-                path, kind = key
-                module = self.modules[path]
-                if kind == "input":
-                    self._hooks.forward_pre(module, self._input_hook(path))
-                    self._python_keys.append(key)
-                    continue
-                whole = {}
-                for call, entries in by_call.items():
-                    if len(entries) == 1:
-                        node_id, rows = entries[0]
-                        if rows.start == 0 and rows.size == rows.total:  # Rows.whole, inlined
-                            whole[call] = node_id
-                others, last = len(whole) < len(by_call), max(by_call)
-                slot = outputs.add(module, whole, others, last, self._hooks.next_id())
-                if slot is None:  # a module at two paths, or one without hook dicts
-                    self._hooks.forward(module, self._output_hook(path))
-                    self._python_keys.append(key)
-                else:
-                    self._output_slots[key] = slot
-                    self._output_keys.append(key)
+            own, fallback = self._outputs.install(self.reads, self.total, RemovableHandle)
+            if own or fallback:  # a plain trace has neither
+                self._plan(fallback)
+                self._plan(own)
+                self.calls = dict.fromkeys([(path, kind) for path, kind, *_ in own], 0)
+                self._hooks.reserve(len(self.calls))
+                for path, kind in self.calls:
+                    module = self.modules[path]
+                    if kind == "input":
+                        self._hooks.forward_pre(module, self._input_hook(path))
+                    else:
+                        self._hooks.forward(module, self._output_hook(path))
         except BaseException:
             self._remove_hooks()
             raise
         return self
+
+    def _plan(self, requests: list[Request]) -> None:
+        """Adds ``requests`` to the plan, each with its invoke's rows."""
+        rows_of = {(rows.start, rows.size): rows for rows in self.invoke_rows}
+        for path, kind, call, node_id, start, size in requests:
+            by_call = self.plan.setdefault((path, kind), {})
+            by_call.setdefault(call, []).append((node_id, rows_of[start, size]))
 
     def __exit__(self, *exc: object) -> None:
         self._remove_hooks()
@@ -110,11 +104,6 @@ class Interleaver:
             self._hooks.remove()
         finally:
             self._outputs.remove()
-
-    def made(self, key: tuple[str, str]) -> int:
-        """How many times the module at ``key``'s path was called so far."""
-        slot = self._output_slots.get(key)
-        return self.calls[key] if slot is None else self._outputs.calls(slot)
 
     def _input_hook(self, path: str) -> Callable[..., Any]:
         key = (path, "input")
@@ -153,19 +142,17 @@ class Interleaver:
         return hook
 
     def _output_fallback(
-        self, slot: int, call: int, output: Any, fed: tuple[int, int] | None
+        self, path: str, call: int, output: Any, fed: tuple[int, int] | None
     ) -> Any:
         """What the core's output hook hands back: with ``fed = (node_id, swap_id)``, that node
         took the whole output and made that swap ready; without, the call's rows belong to
         several invokes."""
-        key = self._output_keys[slot]
-        entries = self.plan[key].get(call)
-        if entries is None:
-            return None
+        key = (path, "output")
         if fed is None:
-            return self._intervene(entries, output, key, call)
+            return self._intervene(self.plan[key][call], output, key, call)
         node_id, swap_id = fed
-        return self._swap(swap_id, node_id, entries[0][1], output, output, key, call)
+        rows = Rows(0, self.total, self.total)
+        return self._swap(swap_id, node_id, rows, output, output, key, call)
 
     # ----- one module call --------------------------------------------------------------------
 
@@ -226,20 +213,20 @@ class Interleaver:
     def unreached(self) -> str | None:
         """What the graph asked of module calls that never happened (``.next()`` past the last
         call), for the argument nodes anything live still needs; None when nothing."""
-        lines: list[str] = []
-        # Of the core's hook, only modules that ran too few times (the usual run has none).
-        keys = self._python_keys + [self._output_keys[slot] for slot in self._outputs.short()]
-        for path, kind in keys:
-            by_call = self.plan[path, kind]
-            made = self.made((path, kind))
-            for call, entries in by_call.items():
-                if call < made:
-                    continue
-                lines.extend(
-                    f"{spell_path(path)}.{kind} of call {call} (traced at "
-                    f"{format_source(self.graph._node(node_id).source)}) was never reached: the "
-                    f"module ran {made} time(s) in this forward pass"
-                    for node_id, _ in entries
-                    if self.graph._core.remaining_listeners(node_id)
-                )
+        missed = [
+            (path, "output", call, made, node_id)
+            for path, call, made, node_id in self._outputs.unreached()
+        ]
+        for (path, kind), made in self.calls.items():
+            for call, entries in self.plan[path, kind].items():
+                if call >= made:
+                    missed.extend((path, kind, call, made, node_id) for node_id, _ in entries)
+        core = self.graph._core
+        lines = [
+            f"{spell_path(path)}.{kind} of call {call} (traced at "
+            f"{format_source(self.graph._node(node_id).source)}) was never reached: the "
+            f"module ran {made} time(s) in this forward pass"
+            for path, kind, call, made, node_id in missed
+            if core.remaining_listeners(node_id)
+        ]
         return "; ".join(lines) + " (check the number of .next() calls)" if lines else None

@@ -138,7 +138,8 @@ class Scanner:
             found[f"{path}.{kind}.{counter[slot]}"] = _snapshot(value)
             counter[slot] += 1
 
-        for name, module in self._model.named_modules():
+        # Every path, as envoys have them: a module in two containers is kept at both.
+        for name, module in self._model.named_modules(remove_duplicate=False):
             path = f".{name}" if name else ""
             handles.append(module.register_forward_pre_hook(_pre(keep, path), with_kwargs=True))
             handles.append(module.register_forward_hook(_post(keep, path)))

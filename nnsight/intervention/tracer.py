@@ -13,13 +13,13 @@ import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from .._core import set_classes
+from .._core import ModuleReads, set_classes
 from ..errors import TracingError
 from ..tracing._source import SOURCE_FINDER, format_source, user_source
 from .batching import Rows, batch_size_of, combine
 from .envoy import Envoy, spell_path
 from .graph import InterventionGraph
-from .interleaver import Interleaver, Request
+from .interleaver import Interleaver
 from .proxy import InterventionProxy, SavedProxy
 from .scan import ScanContext, ScannedValue
 
@@ -57,7 +57,7 @@ class Invoker:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.tracer._invoke = None
+        self.tracer._close_invoke()
 
 
 class Tracer:
@@ -94,9 +94,10 @@ class Tracer:
         self._forward_kwargs = {} if self._implicit else kwargs
         self._invokes: list[Invoke] = []
         self._invoke: Invoke | None = None
-        self._calls: dict[str, int] = {}
-        self._values: dict[tuple[str, str, int, int], InterventionProxy] = {}
-        self._requests: list[Request] = []
+        #: Which module calls envoys read, and their proxies (see `ModuleReads`).
+        self._reads = ModuleReads(
+            self.graph._core, self.graph._nodes, self.graph.proxy_class, ScannedValue, SOURCE_FINDER
+        )
         self._source = user_source(2)
 
     # ----- the block --------------------------------------------------------------------------
@@ -109,23 +110,24 @@ class Tracer:
                 "); traces cannot be nested"
             )
         session.tracer = self
+        session.reads = self._reads
         if self._implicit is not None:
             self._open_invoke(*self._implicit)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        self._invoke = None
+        self._close_invoke()
         try:
             if exc_type is None:
                 self._run()
         finally:
             self.graph.tracing = False
-            self.model._session.tracer = None
+            session = self.model._session
+            session.tracer = session.reads = None
             for invoke in self._invokes:
                 if invoke.scan is not None:
                     invoke.scan.release()  # read or not, drop the hold on the inputs
-            self._values.clear()
-            self._requests.clear()
+            self._reads.clear()
             self._invokes.clear()
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
@@ -159,7 +161,12 @@ class Tracer:
             invoke.scan = ScanContext(self.model._scanner, args, scan_kwargs, self.graph._fake)
         self._invokes.append(invoke)
         self._invoke = invoke
+        self._reads.open_invoke(invoke.index, invoke.start, invoke.size, invoke.scan)
         return invoke
+
+    def _close_invoke(self) -> None:
+        self._invoke = None
+        self._reads.close_invoke()
 
     def _current_invoke(self, envoy: Envoy, kind: str) -> Invoke:
         if self._invoke is None:
@@ -171,32 +178,12 @@ class Tracer:
         return self._invoke
 
     def module_value(self, envoy: Envoy, kind: str) -> InterventionProxy:
-        """The proxy of ``envoy``'s input or output at its current call, for this invoke."""
-        # Read once per module per trace, so kept to one Python frame below the envoy's: the
-        # key is `_value_key`'s, and the node is added by the core in one call (what
-        # `graph.add("argument", ...)` does, with a `ScannedValue` made without `__init__`).
-        invoke = self._invoke
-        if invoke is None:
-            invoke = self._current_invoke(envoy, kind)  # raises
-        path = envoy.path
-        call = self._calls.get(path, 0)
-        key = (path, kind, call, invoke.index)
-        proxy: InterventionProxy | None = self._values.get(key)
+        """The proxy of ``envoy``'s input or output at its current call, for this invoke
+        (``Envoy.output`` asks the core's ``ModuleReads`` directly)."""
+        proxy = self._reads.read(envoy, kind)
         if proxy is None:
-            graph = self.graph
-            proxy = graph._core.add_argument(
-                graph.proxy_class,
-                graph._nodes,
-                f"{path}.{kind}.{call}",
-                invoke.size,
-                invoke.start,
-                invoke.scan,
-                ScannedValue,
-                SOURCE_FINDER,
-            )
-            self._values[key] = proxy
-            self._requests.append((path, kind, call, proxy._id, invoke.start, invoke.size))
-        return proxy
+            self._current_invoke(envoy, kind)  # raises: no invoke is open
+        return proxy  # type: ignore[return-value]  # not None: that raised
 
     def set_module_value(self, envoy: Envoy, kind: str, value: Any) -> None:
         """Replaces ``envoy``'s input or output at its current call, for this invoke's rows."""
@@ -205,14 +192,10 @@ class Tracer:
         self._check_rows(envoy, kind, current, value, invoke)
         self.graph.add(target="swap", value=_EMPTY, args=[current.node, value])
         # Later reads in this invoke get a new argument node, set after the swap is applied.
-        del self._values[self._value_key(envoy, kind, invoke)]
-
-    def _value_key(self, envoy: Envoy, kind: str, invoke: Invoke) -> tuple[str, str, int, int]:
-        """``(path, kind, current call, invoke)``: which proxy ``module_value`` hands out."""
-        return envoy.path, kind, self._calls.get(envoy.path, 0), invoke.index
+        self._reads.forget(envoy, kind)
 
     def advance(self, envoy: Envoy, steps: int) -> None:
-        self._calls[envoy.path] = self._calls.get(envoy.path, 0) + steps
+        self._reads.advance(envoy, steps)
 
     def _check_rows(
         self, envoy: Envoy, kind: str, current: InterventionProxy, value: Any, invoke: Invoke
@@ -247,10 +230,10 @@ class Tracer:
         kwargs = {**kwargs, **self._forward_kwargs}
         total = sum(invoke.size for invoke in self._invokes)
         rows = [Rows(invoke.start, invoke.size, total) for invoke in self._invokes]
-        dead = set(graph._eliminate_dead_code())
-        # A module whose value nothing live needs gets no hook at all.
-        requests = [request for request in self._requests if request[3] not in dead]
-        interleaver = Interleaver(graph, requests, self.model._modules_by_path, rows)
+        # A module whose value nothing live needs gets no hook at all (the interleaver plans
+        # from the reads whose nodes are live).
+        graph._eliminate_dead_code()
+        interleaver = Interleaver(graph, self._reads, self.model._modules_by_path, rows)
         module = self.model._model
         try:
             with interleaver:

@@ -36,7 +36,8 @@ class NNsight:
         object.__setattr__(
             self,
             "_modules_by_path",
-            {f".{name}" if name else "": module for name, module in model.named_modules()},
+            # From the envoy tree, so a module in two containers is found at both paths.
+            {envoy.path: envoy._module for envoy in self._envoy.modules()},
         )
 
     def trace(

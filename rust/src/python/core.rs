@@ -508,6 +508,59 @@ impl PyGraphCore {
         Ok(Some(id))
     }
 
+    /// Adds `argument(key, size, start)`, the node standing for one module call's value in
+    /// one invoke, as `add_object` would, with the user's line found by `finder`; returns its
+    /// proxy and id. Its proxy value is a bare `value_type` instance (a `ScannedValue`) whose `_ctx`
+    /// and `_key` slots are `scan` and `key`, or the empty sentinel when `scan` is None.
+    /// `ModuleReads.read`'s slow path, called only while the graph is tracing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_argument<'py>(
+        slf: &Bound<'py, Self>,
+        proxy_type: &Bound<'py, PyType>,
+        nodes: &Bound<'py, PyList>,
+        key: Bound<'py, PyString>,
+        size: Bound<'py, PyAny>,
+        start: Bound<'py, PyAny>,
+        scan: &Bound<'py, PyAny>,
+        value_type: &Bound<'py, PyType>,
+        finder: &Bound<'py, SourceFinder>,
+    ) -> PyResult<(Bound<'py, PyAny>, NodeId)> {
+        let py = slf.py();
+        let value = if scan.is_none() {
+            slf.borrow().empty.clone_ref(py)
+        } else {
+            let value = new_bare(value_type)?;
+            set_slot(&value, intern!(py, "_ctx"), scan)?;
+            set_slot(&value, intern!(py, "_key"), key.as_any())?;
+            value.unbind()
+        };
+        let source = finder.borrow_mut().find_from(py, 1)?;
+        let id = Self::add_reserved(
+            slf,
+            Kind::Argument,
+            intern!(py, "argument"),
+            &[],
+            vec![
+                Slot::Const(key.into_any().unbind()),
+                Slot::Const(size.unbind()),
+                Slot::Const(start.unbind()),
+            ],
+            Pending {
+                name: None,
+                proxy_value: Some(value),
+                source: source.into_any().unbind(),
+            },
+        )?;
+        nodes.append(py.None())?;
+        Ok((Self::bare_proxy(slf, proxy_type, id)?, id))
+    }
+
+    /// Nodes the last dead-code elimination found dead, in id order (empty when none or when
+    /// a node was added since).
+    pub(super) fn dead_nodes(&self) -> &[NodeId] {
+        self.graph.dead()
+    }
+
     fn check_id(&self, id: NodeId) -> PyResult<()> {
         if (id as usize) < self.graph.len() {
             Ok(())
@@ -861,54 +914,6 @@ impl PyGraphCore {
         });
         nodes.append(py.None())?;
         Ok(Some(Self::bare_proxy(slf, proxy_type, id)?))
-    }
-
-    /// `Envoy.output` / `.input`'s hot path (the tracer's `module_value`): adds
-    /// `argument(key, size, start)`, the node standing for one module call's value in one
-    /// invoke, as `add_object` would, with the user's line found by `finder`. Its proxy value
-    /// is a bare `value_type` instance (a `ScannedValue`) whose `_ctx` and `_key` slots are
-    /// `scan` and `key`, or the empty sentinel when `scan` is None. Made for the tracer, which
-    /// calls it only while its graph is tracing.
-    #[allow(clippy::too_many_arguments)]
-    fn add_argument<'py>(
-        slf: &Bound<'py, Self>,
-        proxy_type: &Bound<'py, PyType>,
-        nodes: &Bound<'py, PyList>,
-        key: Bound<'py, PyString>,
-        size: Bound<'py, PyAny>,
-        start: Bound<'py, PyAny>,
-        scan: Bound<'py, PyAny>,
-        value_type: &Bound<'py, PyType>,
-        finder: &Bound<'py, SourceFinder>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let value = if scan.is_none() {
-            slf.borrow().empty.clone_ref(py)
-        } else {
-            let value = new_bare(value_type)?;
-            set_slot(&value, intern!(py, "_ctx"), &scan)?;
-            set_slot(&value, intern!(py, "_key"), key.as_any())?;
-            value.unbind()
-        };
-        let source = finder.borrow_mut().find_from(py, 1)?;
-        let id = Self::add_reserved(
-            slf,
-            Kind::Argument,
-            intern!(py, "argument"),
-            &[],
-            vec![
-                Slot::Const(key.into_any().unbind()),
-                Slot::Const(size.unbind()),
-                Slot::Const(start.unbind()),
-            ],
-            Pending {
-                name: None,
-                proxy_value: Some(value),
-                source: source.into_any().unbind(),
-            },
-        )?;
-        nodes.append(py.None())?;
-        Self::bare_proxy(slf, proxy_type, id)
     }
 
     /// `InterventionProxy.save()`'s hot path: adds `null(proxy)` as `Graph.add` would, with

@@ -1,31 +1,38 @@
 //! `OutputHook`: the forward hook a trace's run puts on every module whose output it reads.
 //!
-//! One object serves every hooked module. A call counts the module's calls and, for a call
-//! read by a single invoke that owns the whole batch (a plain `model.trace(x)`), sets the
-//! argument node's value and runs what becomes ready, all without a Python frame. Anything
-//! else (a pending swap, rows of several invokes) goes to the interleaver's Python fallback.
+//! One object serves every hooked module. `install` plans the run from the trace's reads
+//! (`ModuleReads`) and writes the hook into each module's `_forward_hooks`. A call counts the
+//! module's calls and, for a call read by a single invoke that owns the whole batch (a plain
+//! `model.trace(x)`), sets the argument node's value and runs what becomes ready, all without
+//! a Python frame. Anything else (a pending swap, rows of several invokes) goes to the
+//! interleaver's Python fallback; reads the hook cannot take (module inputs, a module at two
+//! paths) are handed back to the interleaver to hook in Python.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 use rustc_hash::FxHashMap;
 
 use super::core::PyGraphCore;
+use super::reads::{request, ModuleReads, Read};
 use crate::graph::NodeId;
 
 /// One hooked module.
 struct Hooked {
     module: Py<PyAny>,
-    /// The module's `_forward_hooks`, holding this hook under `hook_id`.
+    path: Py<PyString>,
+    /// The module's `_forward_hooks` (an `OrderedDict`: written through the mapping
+    /// protocol, never `PyDict_SetItem`, which would skip its order list), holding this hook
+    /// under `hook_id`.
     table: Py<PyAny>,
     hook_id: Py<PyAny>,
     calls: u32,
     /// Call -> the argument node that takes the whole output as it is.
     whole: FxHashMap<u32, NodeId>,
-    /// Whether the graph reads other calls (the fallback handles them).
-    others: bool,
-    /// The last call the graph reads.
-    last: u32,
+    /// Calls read otherwise (rows of several invokes): the fallback handles them.
+    others: Vec<u32>,
+    /// Every `(call, node)` the graph reads of this module.
+    reads: Vec<(u32, NodeId)>,
 }
 
 struct Run {
@@ -37,15 +44,46 @@ struct Run {
 /// The output hook of one run (see the module docs), made by the interleaver.
 #[pyclass(module = "nnsight._core")]
 pub struct OutputHook {
-    /// The graph's core, its `_nodes`, and `fallback(slot, call, output, fed)`: `fed` is
+    /// The graph's core, its `_nodes`, and `fallback(path, call, output, fed)`: `fed` is
     /// `(node_id, swap_id)` when the whole output was just given to `node_id` and swap
-    /// `swap_id` is now pending, None when the call is not a whole-batch one. Dropped by
-    /// `remove`: the fallback is a method of the interleaver holding this hook, and that
-    /// cycle must not outlive the run.
+    /// `swap_id` is now pending, None for a call of `others`. Dropped by `remove`: the
+    /// fallback is a method of the interleaver holding this hook, and that cycle must not
+    /// outlive the run.
     run: Option<Run>,
     /// Module address -> its slot in `hooked`.
     slots: FxHashMap<usize, u32>,
     hooked: Vec<Hooked>,
+}
+
+/// The live reads of one module value, in the order first read.
+struct Group {
+    envoy: Py<PyAny>,
+    path: Py<PyString>,
+    output: bool,
+    reads: Vec<Read>,
+}
+
+/// Groups the reads of `reads` whose nodes are not dead by envoy and kind.
+fn live_groups(py: Python<'_>, reads: &ModuleReads, dead: &[NodeId]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut by_key: FxHashMap<(u32, bool), usize> = FxHashMap::default();
+    for read in &reads.reads {
+        if dead.binary_search(&read.node).is_ok() {
+            continue;
+        }
+        let at = *by_key.entry((read.envoy, read.output)).or_insert_with(|| {
+            let addressed = &reads.envoys[read.envoy as usize];
+            groups.push(Group {
+                envoy: addressed.envoy.clone_ref(py),
+                path: addressed.path.clone_ref(py),
+                output: read.output,
+                reads: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[at].reads.push(*read);
+    }
+    groups
 }
 
 #[pymethods]
@@ -63,61 +101,122 @@ impl OutputHook {
         }
     }
 
-    /// Hooks `module`, writing this hook into its `_forward_hooks` under `hook_id` as
-    /// `register_forward_hook` would; `whole` maps calls to the node taking the whole output,
-    /// `others` says whether other calls are read, `last` is the last call read. Returns the
-    /// module's slot, or None (nothing done) for a module already hooked or without a
-    /// `_forward_hooks` dict.
-    fn add(
-        slf: &Bound<'_, Self>,
-        module: &Bound<'_, PyAny>,
-        whole: &Bound<'_, PyDict>,
-        others: bool,
-        last: u32,
-        hook_id: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<u32>> {
+    /// Hooks every module whose output the live reads of `reads` (those dead-code elimination
+    /// left) take, writing this hook into its `_forward_hooks` under an id from torch's
+    /// counter `handle_type.next_id`, as `register_forward_hook` would; `total` is the batch
+    /// size. Returns `(own, fallback)`, lists of `(path, kind, call, node id, start, rows)`:
+    /// `own` are reads the caller must hook itself (module inputs, a module at a second path
+    /// or without a `_forward_hooks` dict), `fallback` the reads of hooked modules this hook
+    /// hands to the fallback (calls read by several invokes).
+    #[allow(clippy::type_complexity)]
+    fn install<'py>(
+        slf: &Bound<'py, Self>,
+        reads: &Bound<'py, ModuleReads>,
+        total: usize,
+        handle_type: &Bound<'py, PyAny>,
+    ) -> PyResult<(Vec<Bound<'py, PyTuple>>, Vec<Bound<'py, PyTuple>>)> {
         let py = slf.py();
-        let address = module.as_ptr() as usize;
-        if slf.borrow().slots.contains_key(&address) {
-            return Ok(None);
-        }
-        let table = match module.getattr(intern!(py, "_forward_hooks")) {
-            Ok(table) if table.is_instance_of::<PyDict>() => table,
-            _ => return Ok(None),
+        let groups = {
+            let this = slf.borrow();
+            let Some(run) = &this.run else {
+                return Ok((Vec::new(), Vec::new())); // removed
+            };
+            let core = run.core.bind(py).borrow();
+            live_groups(py, &reads.borrow(), core.dead_nodes())
         };
-        let mut calls = FxHashMap::default();
-        for (call, node) in whole.iter() {
-            calls.insert(call.extract::<u32>()?, node.extract::<NodeId>()?);
+        let mut own = Vec::new();
+        let mut fallback = Vec::new();
+        let mut hookable = Vec::new();
+        let mut seen: FxHashMap<usize, ()> = FxHashMap::default();
+        for group in groups {
+            let path = group.path.bind(py);
+            if !group.output {
+                for read in &group.reads {
+                    own.push(request(py, path, read)?);
+                }
+                continue;
+            }
+            let module = group.envoy.bind(py).getattr(intern!(py, "_module"))?;
+            let address = module.as_ptr() as usize;
+            let table = module
+                .getattr(intern!(py, "_forward_hooks"))
+                .ok()
+                .filter(|table| table.is_instance_of::<PyDict>());
+            let fresh = !slf.borrow().slots.contains_key(&address) && !seen.contains_key(&address);
+            match table {
+                Some(table) if fresh => {
+                    seen.insert(address, ());
+                    hookable.push((group, module, table));
+                }
+                _ => {
+                    for read in &group.reads {
+                        own.push(request(py, path, read)?);
+                    }
+                }
+            }
         }
-        table.set_item(hook_id, slf)?;
-        let mut this = slf.borrow_mut();
-        let slot = this.hooked.len() as u32;
-        this.slots.insert(address, slot);
-        this.hooked.push(Hooked {
-            module: module.clone().unbind(),
-            table: table.unbind(),
-            hook_id: hook_id.clone().unbind(),
-            calls: 0,
-            whole: calls,
-            others,
-            last,
-        });
-        Ok(Some(slot))
+        // Hook ids: as many as needed, taken from torch's counter at once.
+        let first: u64 = handle_type.getattr(intern!(py, "next_id"))?.extract()?;
+        handle_type.setattr(intern!(py, "next_id"), first + hookable.len() as u64)?;
+        for (hook_id, (group, module, table)) in (first..).zip(hookable) {
+            let mut per_call: FxHashMap<u32, (u32, Option<NodeId>)> = FxHashMap::default();
+            for read in &group.reads {
+                let whole = (read.start == 0 && read.size == total).then_some(read.node);
+                per_call
+                    .entry(read.call)
+                    .and_modify(|(count, _)| *count += 1)
+                    .or_insert((1, whole));
+            }
+            let mut whole = FxHashMap::default();
+            let mut others = Vec::new();
+            for (&call, &(count, node)) in &per_call {
+                match node {
+                    Some(node) if count == 1 => {
+                        whole.insert(call, node);
+                    }
+                    _ => others.push(call),
+                }
+            }
+            for read in &group.reads {
+                if others.contains(&read.call) {
+                    fallback.push(request(py, group.path.bind(py), read)?);
+                }
+            }
+            let hook_id = hook_id.into_pyobject(py)?.into_any();
+            table.set_item(&hook_id, slf)?;
+            let mut this = slf.borrow_mut();
+            let slot = this.hooked.len() as u32;
+            this.slots.insert(module.as_ptr() as usize, slot);
+            this.hooked.push(Hooked {
+                module: module.unbind(),
+                path: group.path,
+                table: table.unbind(),
+                hook_id: hook_id.unbind(),
+                calls: 0,
+                whole,
+                others,
+                reads: group
+                    .reads
+                    .iter()
+                    .map(|read| (read.call, read.node))
+                    .collect(),
+            });
+        }
+        Ok((own, fallback))
     }
 
-    /// How many times the module in `slot` was called so far.
-    fn calls(&self, slot: u32) -> u32 {
+    /// The reads of hooked modules whose call never came (`.next()` past the module's last
+    /// call), as `(path, call, calls made, node id)`.
+    fn unreached<'py>(&self, py: Python<'py>) -> Vec<(Bound<'py, PyString>, u32, u32, NodeId)> {
         self.hooked
-            .get(slot as usize)
-            .map_or(0, |hooked| hooked.calls)
-    }
-
-    /// Slots whose module ran fewer times than the graph reads (`.next()` past the last call).
-    fn short(&self) -> Vec<u32> {
-        (0..)
-            .zip(&self.hooked)
-            .filter(|(_, hooked)| hooked.calls <= hooked.last)
-            .map(|(slot, _)| slot)
+            .iter()
+            .flat_map(|hooked| {
+                hooked
+                    .reads
+                    .iter()
+                    .filter(|(call, _)| *call >= hooked.calls)
+                    .map(|&(call, node)| (hooked.path.bind(py).clone(), call, hooked.calls, node))
+            })
             .collect()
     }
 
@@ -134,9 +233,10 @@ impl OutputHook {
                 .collect()
         };
         for (table, hook_id) in tables {
-            table
-                .bind(py)
-                .call_method1(intern!(py, "pop"), (hook_id.bind(py), py.None()))?;
+            let table = table.bind(py);
+            if table.contains(&hook_id)? {
+                table.del_item(&hook_id)?;
+            }
         }
         Ok(())
     }
@@ -149,7 +249,7 @@ impl OutputHook {
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         // Borrowed only here: the graph may run code that calls a hooked module again.
-        let (slot, call, node, others, core, nodes, fallback) = {
+        let (path, call, node, other, core, nodes, fallback) = {
             let mut this = slf.borrow_mut();
             let Some(&slot) = this.slots.get(&(module.as_ptr() as usize)) else {
                 return Ok(py.None());
@@ -157,15 +257,17 @@ impl OutputHook {
             let hooked = &mut this.hooked[slot as usize];
             let call = hooked.calls;
             hooked.calls += 1;
-            let (node, others) = (hooked.whole.get(&call).copied(), hooked.others);
+            let node = hooked.whole.get(&call).copied();
+            let other = node.is_none() && hooked.others.contains(&call);
+            let path = hooked.path.clone_ref(py);
             let Some(run) = &this.run else {
                 return Ok(py.None()); // removed (slots is empty then too)
             };
             (
-                slot,
+                path,
                 call,
                 node,
-                others,
+                other,
                 run.core.clone_ref(py),
                 run.nodes.clone_ref(py),
                 run.fallback.clone_ref(py),
@@ -181,10 +283,10 @@ impl OutputHook {
                 )?;
                 match swap {
                     None => Ok(py.None()),
-                    Some(swap) => Ok(fallback.call1(py, (slot, call, output, (id, swap)))?),
+                    Some(swap) => Ok(fallback.call1(py, (path, call, output, (id, swap)))?),
                 }
             }
-            None if others => Ok(fallback.call1(py, (slot, call, output, py.None()))?),
+            None if other => Ok(fallback.call1(py, (path, call, output, py.None()))?),
             None => Ok(py.None()),
         }
     }
@@ -197,6 +299,7 @@ impl OutputHook {
         }
         for hooked in &self.hooked {
             visit.call(&hooked.module)?;
+            visit.call(&hooked.path)?;
             visit.call(&hooked.table)?;
             visit.call(&hooked.hook_id)?;
         }

@@ -5,6 +5,7 @@
 
 mod core;
 mod hooks;
+mod reads;
 mod source;
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<core::PyGraphCore>()?;
     m.add_class::<source::SourceFinder>()?;
     m.add_class::<hooks::OutputHook>()?;
+    m.add_class::<reads::ModuleReads>()?;
     core::register(m)?;
     m.add("ROOT_ARGUMENT", crate::graph::ROOT_ARGUMENT)?;
     Ok(())

@@ -1,0 +1,317 @@
+//! `ModuleReads`: the module values one trace's envoys asked for.
+//!
+//! `model.layer.output` inside a trace stands for one call of one module, in one invoke. The
+//! first read adds an `argument` node keyed `"<path>.output.<call>"`; later reads of the same
+//! call in the same invoke get the same proxy. This keeps, per trace, which call each envoy
+//! addresses (moved on by `.next()`), the proxy of every (envoy, kind, call, invoke), and every
+//! read in the order it was made: the run's hooks are planned from that list
+//! (`OutputHook.install`). A read is one core call, with no Python frame of the tracer's.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+use rustc_hash::FxHashMap;
+
+use super::core::PyGraphCore;
+use super::source::SourceFinder;
+use crate::graph::NodeId;
+
+/// An envoy the trace has seen.
+pub(super) struct Addressed {
+    pub envoy: Py<PyAny>,
+    /// Its `path` (`".transformer.h.0"`).
+    pub path: Py<PyString>,
+    /// The call its reads address, counted from 0 and moved on by `advance`.
+    call: u32,
+}
+
+/// One module value read: node `node` takes `rows` of call `call` of the module at envoy
+/// `envoy` (an index into `ModuleReads::envoys`).
+#[derive(Clone, Copy)]
+pub(super) struct Read {
+    pub envoy: u32,
+    pub output: bool,
+    pub call: u32,
+    pub node: NodeId,
+    pub start: usize,
+    pub size: usize,
+}
+
+/// The invoke reads are made for, while one is open.
+struct OpenInvoke {
+    index: u32,
+    start: usize,
+    size: usize,
+    /// Its scan context (`ScanContext`), or None with the scan off.
+    scan: Py<PyAny>,
+}
+
+/// What a read's node is made with: the graph's core and `_nodes`, the proxy and proxy-value
+/// types, and the source finder.
+struct Maker {
+    core: Py<PyGraphCore>,
+    nodes: Py<PyList>,
+    proxy_type: Py<PyType>,
+    value_type: Py<PyType>,
+    finder: Py<SourceFinder>,
+}
+
+/// The reads of one trace (see the module docs), made by the tracer.
+#[pyclass(module = "nnsight._core")]
+pub struct ModuleReads {
+    maker: Option<Maker>,
+    pub(super) envoys: Vec<Addressed>,
+    /// Envoy address -> index in `envoys` (each held there, so the address stays its own).
+    index: FxHashMap<usize, u32>,
+    /// (envoy, output, call, invoke) -> proxy.
+    values: FxHashMap<(u32, bool, u32, u32), Py<PyAny>>,
+    pub(super) reads: Vec<Read>,
+    invoke: Option<OpenInvoke>,
+}
+
+fn parse_kind(kind: &Bound<'_, PyString>) -> PyResult<bool> {
+    match kind.to_str()? {
+        "output" => Ok(true),
+        "input" => Ok(false),
+        other => Err(PyValueError::new_err(format!(
+            "a module value is 'output' or 'input', not {other:?}"
+        ))),
+    }
+}
+
+pub(super) fn kind_name(output: bool) -> &'static str {
+    if output {
+        "output"
+    } else {
+        "input"
+    }
+}
+
+/// `read` as the interleaver's Python takes it: `(path, kind, call, node id, start, rows)`.
+pub(super) fn request<'py>(
+    py: Python<'py>,
+    path: &Bound<'py, PyString>,
+    read: &Read,
+) -> PyResult<Bound<'py, PyTuple>> {
+    (
+        path,
+        kind_name(read.output),
+        read.call,
+        read.node,
+        read.start,
+        read.size,
+    )
+        .into_pyobject(py)
+}
+
+impl ModuleReads {
+    /// The index of `envoy` in `envoys`, adding it (and reading its `path`) on first sight.
+    fn envoy_index(slf: &Bound<'_, Self>, envoy: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let address = envoy.as_ptr() as usize;
+        if let Some(&index) = slf.borrow().index.get(&address) {
+            return Ok(index);
+        }
+        let path = envoy
+            .getattr(intern!(slf.py(), "path"))?
+            .cast_into::<PyString>()?
+            .unbind();
+        let mut this = slf.borrow_mut();
+        let index = this.envoys.len() as u32;
+        this.envoys.push(Addressed {
+            envoy: envoy.clone().unbind(),
+            path,
+            call: 0,
+        });
+        this.index.insert(address, index);
+        Ok(index)
+    }
+
+    /// The cache key of `envoy`'s value of this kind at its current call in the open invoke.
+    fn key(
+        slf: &Bound<'_, Self>,
+        envoy: &Bound<'_, PyAny>,
+        kind: &Bound<'_, PyString>,
+    ) -> PyResult<Option<(u32, bool, u32, u32)>> {
+        let output = parse_kind(kind)?;
+        let Some(invoke) = slf.borrow().invoke.as_ref().map(|invoke| invoke.index) else {
+            return Ok(None);
+        };
+        let index = Self::envoy_index(slf, envoy)?;
+        let call = slf.borrow().envoys[index as usize].call;
+        Ok(Some((index, output, call, invoke)))
+    }
+}
+
+#[pymethods]
+impl ModuleReads {
+    #[new]
+    fn new(
+        core: Py<PyGraphCore>,
+        nodes: Py<PyList>,
+        proxy_type: Py<PyType>,
+        value_type: Py<PyType>,
+        finder: Py<SourceFinder>,
+    ) -> Self {
+        Self {
+            maker: Some(Maker {
+                core,
+                nodes,
+                proxy_type,
+                value_type,
+                finder,
+            }),
+            envoys: Vec::new(),
+            index: FxHashMap::default(),
+            values: FxHashMap::default(),
+            reads: Vec::new(),
+            invoke: None,
+        }
+    }
+
+    /// Reads from now on are for the invoke numbered `index`, whose rows are
+    /// `start..start + size`, its values scanned with `scan` (None: no scan).
+    fn open_invoke(&mut self, index: u32, start: usize, size: usize, scan: Py<PyAny>) {
+        self.invoke = Some(OpenInvoke {
+            index,
+            start,
+            size,
+            scan,
+        });
+    }
+
+    /// No invoke is open from now on.
+    fn close_invoke(&mut self) {
+        self.invoke = None;
+    }
+
+    /// The proxy of `envoy`'s `kind` (`"output"` or `"input"`) at its current call, for the
+    /// open invoke: the one made before, or a new `argument` node's. None when no invoke is
+    /// open (the caller says why that is an error).
+    fn read<'py>(
+        slf: &Bound<'py, Self>,
+        envoy: &Bound<'py, PyAny>,
+        kind: &Bound<'py, PyString>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let Some(key) = Self::key(slf, envoy, kind)? else {
+            return Ok(None);
+        };
+        // Borrowed only here: adding the node runs Python (the source finder, the proxy type).
+        let (maker, path, start, size, scan) = {
+            let this = slf.borrow();
+            if let Some(proxy) = this.values.get(&key) {
+                return Ok(Some(proxy.bind(py).clone()));
+            }
+            let (Some(maker), Some(invoke)) = (&this.maker, &this.invoke) else {
+                return Ok(None); // cleared
+            };
+            (
+                (
+                    maker.core.clone_ref(py),
+                    maker.nodes.clone_ref(py),
+                    maker.proxy_type.clone_ref(py),
+                    maker.value_type.clone_ref(py),
+                    maker.finder.clone_ref(py),
+                ),
+                this.envoys[key.0 as usize].path.clone_ref(py),
+                invoke.start,
+                invoke.size,
+                invoke.scan.clone_ref(py),
+            )
+        };
+        let (core, nodes, proxy_type, value_type, finder) = maker;
+        let (index, output, call, _) = key;
+        let argument_key = PyString::new(py, &format!("{path}.{}.{call}", kind_name(output)));
+        let (proxy, node) = PyGraphCore::add_argument(
+            core.bind(py),
+            proxy_type.bind(py),
+            nodes.bind(py),
+            argument_key,
+            size.into_pyobject(py)?.into_any(),
+            start.into_pyobject(py)?.into_any(),
+            scan.bind(py),
+            value_type.bind(py),
+            finder.bind(py),
+        )?;
+        let mut this = slf.borrow_mut();
+        this.values.insert(key, proxy.clone().unbind());
+        this.reads.push(Read {
+            envoy: index,
+            output,
+            call,
+            node,
+            start,
+            size,
+        });
+        Ok(Some(proxy))
+    }
+
+    /// Forgets the proxy `read` hands out for `envoy`'s `kind` at its current call in the open
+    /// invoke: after a swap, later reads get a new node, set once the swap is applied.
+    fn forget(
+        slf: &Bound<'_, Self>,
+        envoy: &Bound<'_, PyAny>,
+        kind: &Bound<'_, PyString>,
+    ) -> PyResult<()> {
+        if let Some(key) = Self::key(slf, envoy, kind)? {
+            slf.borrow_mut().values.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Moves `envoy`'s reads `steps` calls on (`.next()`).
+    fn advance(slf: &Bound<'_, Self>, envoy: &Bound<'_, PyAny>, steps: u32) -> PyResult<()> {
+        let index = Self::envoy_index(slf, envoy)?;
+        let mut this = slf.borrow_mut();
+        let addressed = &mut this.envoys[index as usize];
+        addressed.call = addressed
+            .call
+            .checked_add(steps)
+            .ok_or_else(|| PyValueError::new_err(format!("too many .next() steps ({steps})")))?;
+        Ok(())
+    }
+
+    /// Every read as `(path, kind, call, node id, start row, rows)`, in the order made.
+    fn requests<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        self.reads
+            .iter()
+            .map(|read| request(py, self.envoys[read.envoy as usize].path.bind(py), read))
+            .collect()
+    }
+
+    /// Drops everything held: the trace is over.
+    fn clear(&mut self) {
+        self.__clear__();
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(maker) = &self.maker {
+            visit.call(&maker.core)?;
+            visit.call(&maker.nodes)?;
+            visit.call(&maker.proxy_type)?;
+            visit.call(&maker.value_type)?;
+            visit.call(&maker.finder)?;
+        }
+        for addressed in &self.envoys {
+            visit.call(&addressed.envoy)?;
+            visit.call(&addressed.path)?;
+        }
+        for proxy in self.values.values() {
+            visit.call(proxy)?;
+        }
+        if let Some(invoke) = &self.invoke {
+            visit.call(&invoke.scan)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.maker = None;
+        self.envoys.clear();
+        self.index.clear();
+        self.values.clear();
+        self.reads.clear();
+        self.invoke = None;
+    }
+}
