@@ -95,6 +95,23 @@ def test_next_addresses_later_calls_of_a_reused_module() -> None:
     assert torch.allclose(late.value, calls[1])
 
 
+def test_each_invoke_starts_at_the_first_call() -> None:
+    # As in nnsight 0.2: .next() moves the module's call within one invoke only.
+    net = Reuse()
+    model = NNsight(net)
+    a, b = torch.randn(2, 6), torch.randn(3, 6)
+    with torch.no_grad(), model.trace() as tracer:
+        with tracer.invoke(a):
+            second_a = model.shared.next().output.save()
+        with tracer.invoke(b):
+            first_b = model.shared.output.save()
+            second_b = model.shared.next().output.save()
+    calls = outputs_of(net, [net.shared], torch.cat([a, b]))[0]
+    assert torch.allclose(second_a.value, calls[1][:2])
+    assert torch.allclose(first_b.value, calls[0][2:])
+    assert torch.allclose(second_b.value, calls[1][2:])
+
+
 def test_tracer_apply_and_torch_functions_trace() -> None:
     net = mlp()
     model = NNsight(net)

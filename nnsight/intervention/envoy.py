@@ -144,9 +144,10 @@ class Envoy:
         return self._tracer(kind).module_value(self, kind)
 
     def next(self, steps: int = 1) -> Envoy:
-        """Addresses this module's next call from now on (a module called several times per
-        forward, or the next generation step); returns the envoy, so
-        ``model.layer.next().output`` reads the second call's output."""
+        """Addresses this module's next call from now on in this invoke (a module called
+        several times per forward, or the next generation step); returns the envoy, so
+        ``model.layer.next().output`` reads the second call's output. Each invoke starts at
+        the first call again, as in nnsight 0.2."""
         self._tracer("next()").advance(self, steps)
         return self
 

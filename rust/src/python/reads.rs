@@ -170,8 +170,12 @@ impl ModuleReads {
     }
 
     /// Reads from now on are for the invoke numbered `index`, whose rows are
-    /// `start..start + size`, its values scanned with `scan` (None: no scan).
+    /// `start..start + size`, its values scanned with `scan` (None: no scan). Every envoy
+    /// addresses its first call again, as in nnsight 0.2 (`.next()` holds within an invoke).
     fn open_invoke(&mut self, index: u32, start: usize, size: usize, scan: Py<PyAny>) {
+        for addressed in &mut self.envoys {
+            addressed.call = 0;
+        }
         self.invoke = Some(OpenInvoke {
             index,
             start,
