@@ -95,11 +95,49 @@ class Graph:
         self._nodes: list[Node | None] = []
         self._fake = FakeRunner()
         self.nodes = NodeMap(self._core, self._nodes)
-        self.proxy_class = proxy_class
-        self.validate = validate
-        self.tracing = True
+        self._proxy_class = proxy_class
+        self._validate = validate
+        self._tracing = True
+        self._allow_fast_ops()
         self.generation_idx = 0
         self.module_proxy = self.add(target="argument", value=module, args=[ROOT_ARGUMENT])
+
+    # ----- settings (the core is told what its fast paths may assume) -------------------------
+
+    @property
+    def tracing(self) -> bool:
+        return self._tracing
+
+    @tracing.setter
+    def tracing(self, on: bool) -> None:
+        self._tracing = on
+        self._allow_fast_ops()
+
+    @property
+    def validate(self) -> bool:
+        return self._validate
+
+    @validate.setter
+    def validate(self, on: bool) -> None:
+        self._validate = on
+        self._allow_fast_ops()
+
+    @property
+    def proxy_class(self) -> type[Proxy]:
+        return self._proxy_class
+
+    @proxy_class.setter
+    def proxy_class(self, cls: type[Proxy]) -> None:
+        self._proxy_class = cls
+        self._allow_fast_ops()
+
+    def _allow_fast_ops(self) -> None:
+        """Lets proxy operators add their nodes in one core call (``GraphCore.add_op``) while
+        that is all ``add`` would do: tracing, not validating, and a proxy class whose only
+        ``__init__`` is ``Proxy``'s."""
+        cls = self._proxy_class
+        fast = self._tracing and not self._validate and cls.__init__ is Proxy.__init__
+        self._core.set_op_class(cls if fast else None)
 
     # ----- views kept by the core -------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .._core import proxy_node
 from ..errors import TracingError
 from ._describe import describe
+from ._source import SOURCE_FINDER
 from ._walk import iter_instances
 
 if TYPE_CHECKING:
@@ -202,23 +203,34 @@ def _graph_of(proxy: Proxy) -> Any:
     return proxy.node if graph is None else graph
 
 
+# The operators below add their node with one core call, `GraphCore.add_op` (what
+# `Graph.add(op, args=...)` does); it declines (None) wherever `Graph.add` has more to do, and
+# `Graph.add` is then called.
+
+
 def _binary(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
     def method(self: Proxy, other: Any) -> Proxy:
-        return _graph_of(self).add(op, _EMPTY, [self, other])
+        args = [self, other]
+        proxy = self._core.add_op(op, args, SOURCE_FINDER)
+        return _graph_of(self).add(op, _EMPTY, args) if proxy is None else proxy
 
     return method
 
 
 def _reflected(op: Callable[[Any, Any], Any]) -> Callable[[Proxy, Any], Proxy]:
     def method(self: Proxy, other: Any) -> Proxy:
-        return _graph_of(self).add(op, _EMPTY, [other, self])
+        args = [other, self]
+        proxy = self._core.add_op(op, args, SOURCE_FINDER)
+        return _graph_of(self).add(op, _EMPTY, args) if proxy is None else proxy
 
     return method
 
 
 def _unary(op: Callable[[Any], Any]) -> Callable[[Proxy], Proxy]:
     def method(self: Proxy) -> Proxy:
-        return _graph_of(self).add(op, _EMPTY, [self])
+        args = [self]
+        proxy = self._core.add_op(op, args, SOURCE_FINDER)
+        return _graph_of(self).add(op, _EMPTY, args) if proxy is None else proxy
 
     return method
 

@@ -23,6 +23,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use rustc_hash::FxHashMap;
+
 use super::source::SourceFinder;
 use crate::graph::{Event, Graph, Kind, NodeId};
 
@@ -264,7 +266,16 @@ pub struct PyGraphCore {
     graph_ref: Option<Py<PyAny>>,
     /// Per node added by `add_object`: what its `Node` object is made from.
     pending: Vec<Option<Pending>>,
+    /// The proxy class `add_op` makes proxies of, while the graph allows it (see
+    /// `set_op_class`); None: `add_op` declines.
+    op_class: Option<Py<PyType>>,
+    /// Automatic-name stems of the op targets seen (target address -> (target, stem)): a
+    /// builtin's `__name__` is a new string on every read.
+    stems: FxHashMap<usize, (Py<PyAny>, Py<PyString>)>,
 }
+
+/// Op targets whose stems a graph keeps at most (the cache starts over beyond).
+const MAX_STEMS: usize = 256;
 
 /// The Python types `add_linked` tells apart, cloned out of the core for one scan.
 struct ScanTypes {
@@ -493,7 +504,7 @@ impl PyGraphCore {
             _ => None,
         };
         let target_name = match kind {
-            Kind::Op => target_name(target)?,
+            Kind::Op => Self::stem(slf, target)?,
             _ => target.cast::<PyString>()?.clone(),
         };
         let mut this = slf.borrow_mut();
@@ -559,6 +570,56 @@ impl PyGraphCore {
     /// a node was added since).
     pub(super) fn dead_nodes(&self) -> &[NodeId] {
         self.graph.dead()
+    }
+
+    /// `target_name(target)`, cached per target.
+    fn stem<'py>(
+        slf: &Bound<'py, Self>,
+        target: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyString>> {
+        let py = slf.py();
+        let address = target.as_ptr() as usize;
+        if let Some((_, stem)) = slf.borrow().stems.get(&address) {
+            return Ok(stem.bind(py).clone());
+        }
+        let stem = target_name(target)?;
+        let mut this = slf.borrow_mut();
+        if this.stems.len() >= MAX_STEMS {
+            this.stems.clear();
+        }
+        this.stems
+            .insert(address, (target.clone().unbind(), stem.clone().unbind()));
+        Ok(stem)
+    }
+
+    /// `add_object`'s work once its arguments are listed (see there).
+    #[allow(clippy::too_many_arguments)]
+    fn add_lazy<'py>(
+        slf: &Bound<'py, Self>,
+        proxy_type: &Bound<'py, PyType>,
+        nodes: &Bound<'py, PyList>,
+        name: Option<Bound<'py, PyString>>,
+        target: Bound<'py, PyAny>,
+        value: Bound<'py, PyAny>,
+        items: &[Bound<'py, PyAny>],
+        kwargs: Option<&Bound<'py, PyDict>>,
+        source: Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let name_str = match &name {
+            Some(name) => Some(name.to_str()?),
+            None => None,
+        };
+        let Some(id) = Self::add_scanned(slf, name_str, &target, items, kwargs, None)? else {
+            return Ok(None);
+        };
+        slf.borrow_mut().pending[id as usize] = Some(Pending {
+            name: name.map(Bound::unbind),
+            proxy_value: Some(value.unbind()),
+            source: source.unbind(),
+        });
+        nodes.append(py.None())?;
+        Ok(Some(Self::bare_proxy(slf, proxy_type, id)?))
     }
 
     fn check_id(&self, id: NodeId) -> PyResult<()> {
@@ -820,6 +881,8 @@ impl PyGraphCore {
             node_type,
             graph_ref,
             pending: Vec::with_capacity(NODES_RESERVED),
+            op_class: None,
+            stems: FxHashMap::default(),
         }
     }
 
@@ -883,7 +946,6 @@ impl PyGraphCore {
         kwargs: Option<Bound<'py, PyDict>>,
         source: Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let py = slf.py();
         if slf.borrow().graph_ref.is_none() {
             return Err(PyRuntimeError::new_err(
                 "add_object needs a GraphCore made with its graph's weak reference",
@@ -899,21 +961,68 @@ impl PyGraphCore {
                 },
             },
         };
-        let name_str = match &name {
-            Some(name) => Some(name.to_str()?),
-            None => None,
-        };
-        let Some(id) = Self::add_scanned(slf, name_str, &target, &items, kwargs.as_ref(), None)?
-        else {
+        Self::add_lazy(
+            slf,
+            proxy_type,
+            nodes,
+            name,
+            target,
+            value,
+            &items,
+            kwargs.as_ref(),
+            source,
+        )
+    }
+
+    /// Lets `add_op` make proxies of `proxy_class`, or stops it (None). The Python `Graph`
+    /// sets it whenever `tracing`, `validate` or `proxy_class` change: allowed while tracing
+    /// without validation, with a proxy class whose `__init__` is `Proxy`'s.
+    fn set_op_class(&mut self, proxy_class: Option<Py<PyType>>) {
+        self.op_class = proxy_class;
+    }
+
+    /// The proxy operators' hot path (`proxy * 2`, `proxy[0]`, `torch.relu(proxy)`):
+    /// `Graph.add(target, args=args, kwargs=kwargs)` with no name and no proxy value, in one
+    /// call, the user's line found by `finder`. Returns None, having added nothing, wherever
+    /// `Graph.add` has more to do (the graph is gone or does not allow it, see
+    /// `set_op_class`; an argument is another graph's proxy or a container holding
+    /// proxies): the caller then calls it.
+    #[pyo3(signature = (target, args, finder, kwargs=None))]
+    fn add_op<'py>(
+        slf: &Bound<'py, Self>,
+        target: Bound<'py, PyAny>,
+        args: &Bound<'py, PyList>,
+        finder: &Bound<'py, SourceFinder>,
+        kwargs: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let py = slf.py();
+        let Some(proxy_type) = slf.borrow().op_class.as_ref().map(|ty| ty.clone_ref(py)) else {
             return Ok(None);
         };
-        slf.borrow_mut().pending[id as usize] = Some(Pending {
-            name: name.map(Bound::unbind),
-            proxy_value: Some(value.unbind()),
-            source: source.unbind(),
-        });
-        nodes.append(py.None())?;
-        Ok(Some(Self::bare_proxy(slf, proxy_type, id)?))
+        let proxy_type = proxy_type.into_bound(py);
+        let Some(graph) = slf.borrow().live_graph(py)? else {
+            return Ok(None);
+        };
+        let nodes = graph
+            .getattr(intern!(py, "_nodes"))?
+            .cast_into::<PyList>()?;
+        let source = finder.borrow_mut().find_from(py, 1)?.into_any();
+        let value = slf.borrow().empty.clone_ref(py).into_bound(py);
+        let items: Vec<Bound<'py, PyAny>> = args.iter().collect();
+        match Self::add_lazy(
+            slf,
+            &proxy_type,
+            &nodes,
+            None,
+            target,
+            value,
+            &items,
+            kwargs.as_ref(),
+            source,
+        ) {
+            Err(err) if err.is_instance_of::<ForeignNode>(py) => Ok(None),
+            result => result,
+        }
     }
 
     /// `InterventionProxy.save()`'s hot path: adds `null(proxy)` as `Graph.add` would, with
@@ -1254,6 +1363,11 @@ impl PyGraphCore {
             visit.call(value)?;
         }
         visit.call(&self.graph_ref)?;
+        visit.call(&self.op_class)?;
+        for (target, stem) in self.stems.values() {
+            visit.call(target)?;
+            visit.call(stem)?;
+        }
         for pending in self.pending.iter().flatten() {
             visit.call(&pending.name)?;
             visit.call(&pending.proxy_value)?;
@@ -1279,6 +1393,8 @@ impl PyGraphCore {
         self.plans.clear();
         self.pending.clear();
         self.graph_ref = None;
+        self.op_class = None;
+        self.stems.clear();
         self.graph = Graph::new();
     }
 }
