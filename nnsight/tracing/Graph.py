@@ -98,7 +98,7 @@ class Graph:
         self._proxy_class = proxy_class
         self._validate = validate
         self._tracing = True
-        self._allow_fast_ops()
+        self._sync_core_modes()
         self.generation_idx = 0
         self.module_proxy = self.add(target="argument", value=module, args=[ROOT_ARGUMENT])
 
@@ -111,7 +111,7 @@ class Graph:
     @tracing.setter
     def tracing(self, on: bool) -> None:
         self._tracing = on
-        self._allow_fast_ops()
+        self._sync_core_modes()
 
     @property
     def validate(self) -> bool:
@@ -120,7 +120,7 @@ class Graph:
     @validate.setter
     def validate(self, on: bool) -> None:
         self._validate = on
-        self._allow_fast_ops()
+        self._sync_core_modes()
 
     @property
     def proxy_class(self) -> type[Proxy]:
@@ -129,15 +129,15 @@ class Graph:
     @proxy_class.setter
     def proxy_class(self, cls: type[Proxy]) -> None:
         self._proxy_class = cls
-        self._allow_fast_ops()
+        self._sync_core_modes()
 
-    def _allow_fast_ops(self) -> None:
-        """Lets proxy operators add their nodes in one core call (``GraphCore.add_op``) while
-        that is all ``add`` would do: tracing, not validating, and a proxy class whose only
-        ``__init__`` is ``Proxy``'s."""
+    def _sync_core_modes(self) -> None:
+        """Tells the core whether the graph is tracing, and lets proxy operators add their
+        nodes in one core call (``GraphCore.add_op``) while that is all ``add`` would do:
+        tracing, not validating, and a proxy class whose only ``__init__`` is ``Proxy``'s."""
         cls = self._proxy_class
         fast = self._tracing and not self._validate and cls.__init__ is Proxy.__init__
-        self._core.set_op_class(cls if fast else None)
+        self._core.set_modes(self._tracing, cls if fast else None)
 
     # ----- views kept by the core -------------------------------------------------------------
 

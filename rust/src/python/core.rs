@@ -266,8 +266,9 @@ pub struct PyGraphCore {
     graph_ref: Option<Py<PyAny>>,
     /// Per node added by `add_object`: what its `Node` object is made from.
     pending: Vec<Option<Pending>>,
-    /// The proxy class `add_op` makes proxies of, while the graph allows it (see
-    /// `set_op_class`); None: `add_op` declines.
+    /// Whether the Python graph is tracing, and the proxy class `add_op` makes proxies of
+    /// while the graph allows it (None: `add_op` declines); both set by `set_modes`.
+    tracing: bool,
     op_class: Option<Py<PyType>>,
     /// Automatic-name stems of the op targets seen (target address -> (target, stem)): a
     /// builtin's `__name__` is a new string on every read.
@@ -881,6 +882,7 @@ impl PyGraphCore {
             node_type,
             graph_ref,
             pending: Vec::with_capacity(NODES_RESERVED),
+            tracing: false,
             op_class: None,
             stems: FxHashMap::default(),
         }
@@ -974,18 +976,22 @@ impl PyGraphCore {
         )
     }
 
-    /// Lets `add_op` make proxies of `proxy_class`, or stops it (None). The Python `Graph`
-    /// sets it whenever `tracing`, `validate` or `proxy_class` change: allowed while tracing
-    /// without validation, with a proxy class whose `__init__` is `Proxy`'s.
-    fn set_op_class(&mut self, proxy_class: Option<Py<PyType>>) {
-        self.op_class = proxy_class;
+    /// What the hot paths may assume, set by the Python `Graph` whenever its `tracing`,
+    /// `validate` or `proxy_class` change: whether it is tracing (`add_save` declines when
+    /// not), and the proxy class `add_op` makes proxies of (None: it declines; the graph
+    /// allows it while tracing without validation, with a proxy class whose `__init__` is
+    /// `Proxy`'s).
+    #[pyo3(signature = (tracing, op_class))]
+    fn set_modes(&mut self, tracing: bool, op_class: Option<Py<PyType>>) {
+        self.tracing = tracing;
+        self.op_class = op_class;
     }
 
     /// The proxy operators' hot path (`proxy * 2`, `proxy[0]`, `torch.relu(proxy)`):
     /// `Graph.add(target, args=args, kwargs=kwargs)` with no name and no proxy value, in one
     /// call, the user's line found by `finder`. Returns None, having added nothing, wherever
     /// `Graph.add` has more to do (the graph is gone or does not allow it, see
-    /// `set_op_class`; an argument is another graph's proxy or a container holding
+    /// `set_modes`; an argument is another graph's proxy or a container holding
     /// proxies): the caller then calls it.
     #[pyo3(signature = (target, args, finder, kwargs=None))]
     fn add_op<'py>(
@@ -1042,7 +1048,7 @@ impl PyGraphCore {
         let Some(graph) = graph else {
             return Ok(false);
         };
-        if !graph.getattr(intern!(py, "tracing"))?.is_truthy()? {
+        if !slf.borrow().tracing {
             return Ok(false);
         }
         let nodes = graph
