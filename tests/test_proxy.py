@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from nnsight import Graph, Proxy, TracingError, proxy_wrapper
+from nnsight import Graph, Node, Proxy, TracingError, ValidationError, proxy_wrapper
 
 
 def run(build, value: Any, validate: bool = True) -> Any:
@@ -191,10 +191,43 @@ def test_proxies_hash_by_identity_and_skip_dunder_attributes() -> None:
     assert len(graph.nodes) == 1
 
 
-def test_proxies_of_two_graphs_cannot_mix() -> None:
-    graphs = Graph(torch.ones(2)), Graph(torch.ones(2))
+@pytest.mark.parametrize("validate", [True, False])
+def test_proxies_of_two_graphs_cannot_mix(validate: bool) -> None:
+    # validate=False takes the operators' one-call path (GraphCore.add_op), which must
+    # decline and leave the error to Graph.add.
+    graphs = Graph(torch.ones(2), validate=validate), Graph(torch.ones(2), validate=validate)
     first, second = (graph.module_proxy for graph in graphs)
     with pytest.raises(TracingError, match="belongs to another graph"):
         first + second
+    assert [len(graph.nodes) for graph in graphs] == [1, 1]
     with pytest.raises(TracingError, match="mixes proxies of two graphs"):
         torch.add(first, second)
+
+
+def test_operators_build_proxies_of_the_graphs_proxy_class() -> None:
+    # A proxy class with an __init__ of its own gets it called for operator results too;
+    # one without gets its instances made by the core. Switching validation on and off
+    # between adds keeps both paths in step.
+    class Tagged(Proxy):
+        made = 0
+
+        def __init__(self, node: Node) -> None:
+            super().__init__(node)
+            Tagged.made += 1
+
+    class Plain(Proxy):
+        pass
+
+    graph = Graph(torch.ones(2), proxy_class=Tagged, validate=False)
+    doubled = graph.module_proxy * 2
+    assert type(doubled) is Tagged and Tagged.made == 2  # the root's proxy, then doubled's
+    graph.proxy_class = Plain
+    tripled = -doubled * 3
+    assert type(tripled) is Plain and Tagged.made == 2
+    graph.validate = True  # validated again: a shape error raises when the op is added
+    with pytest.raises(ValidationError, match="matmul"):
+        graph.module_proxy @ torch.ones(3, 3)
+    graph.validate = False
+    graph.add("null", None, [tripled])
+    graph.compile(torch.ones(2))
+    assert torch.equal(tripled.value, torch.full((2,), -6.0))
