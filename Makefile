@@ -48,6 +48,10 @@ bench: install ## Python benchmark of the public API against the pure-Python ref
 bench-models: install ## End-to-end model benchmarks: traces vs plain forward hooks
 	$(PY) benches/bench_models.py
 
+.PHONY: bench-callgrind
+bench-callgrind: install ## The close model benchmarks counted in instructions (needs valgrind)
+	$(PY) benches/count_instructions.py
+
 .PHONY: bench-rust
 bench-rust: ## criterion benchmark of the scheduler (node completions per second)
 	cargo bench --bench scheduler

@@ -276,14 +276,6 @@ impl ModuleReads {
         Ok(())
     }
 
-    /// Every read as `(path, kind, call, node id, start row, rows)`, in the order made.
-    fn requests<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        self.reads
-            .iter()
-            .map(|read| request(py, self.envoys[read.envoy as usize].path.bind(py), read))
-            .collect()
-    }
-
     /// Drops everything held: the trace is over.
     fn clear(&mut self) {
         self.__clear__();
