@@ -185,15 +185,15 @@ class Graph:
                 operation and the user's file and line, and the graph is left unchanged.
             ValueError: ``name`` is taken, or a second root module node is added.
         """
-        if not self.tracing:
+        if not self._tracing:  # the attributes behind the properties: no frame each
             raise TracingError(
                 f"cannot add '{target_name(target)}' at {format_source(user_source(2))}: the "
                 "graph is no longer tracing (proxies can only be used inside their trace)"
             )
         source = user_source(2)
-        if value is _EMPTY and self.validate and not _is_reserved(target):
+        if value is _EMPTY and self._validate and not _is_reserved(target):
             value = self._fake_value(target, args, kwargs, source)
-        proxy_class = self.proxy_class
+        proxy_class = self._proxy_class
         bare_proxy = proxy_class.__init__ is Proxy.__init__  # its only job: store the node
         if bare_proxy:
             # The usual case in one call into the core: link and record the node, make its

@@ -11,7 +11,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::core::PyGraphCore;
 use super::reads::{request, ModuleReads, Read};
@@ -127,7 +127,7 @@ impl OutputHook {
         let mut own = Vec::new();
         let mut fallback = Vec::new();
         let mut hookable = Vec::new();
-        let mut seen: FxHashMap<usize, ()> = FxHashMap::default();
+        let mut seen: FxHashSet<usize> = FxHashSet::default();
         for group in groups {
             let path = group.path.bind(py);
             if !group.output {
@@ -142,10 +142,10 @@ impl OutputHook {
                 .getattr(intern!(py, "_forward_hooks"))
                 .ok()
                 .filter(|table| table.is_instance_of::<PyDict>());
-            let fresh = !slf.borrow().slots.contains_key(&address) && !seen.contains_key(&address);
+            let fresh = !slf.borrow().slots.contains_key(&address) && !seen.contains(&address);
             match table {
                 Some(table) if fresh => {
-                    seen.insert(address, ());
+                    seen.insert(address);
                     hookable.push((group, module, table));
                 }
                 _ => {
