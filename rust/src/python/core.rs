@@ -987,19 +987,17 @@ impl PyGraphCore {
         self.op_class = op_class;
     }
 
-    /// The proxy operators' hot path (`proxy * 2`, `proxy[0]`, `torch.relu(proxy)`):
-    /// `Graph.add(target, args=args, kwargs=kwargs)` with no name and no proxy value, in one
+    /// The Python operators' hot path (`proxy * 2`, `-proxy`, `2 - proxy`):
+    /// `Graph.add(target, args=args)` with no name, no proxy value and no kwargs, in one
     /// call, the user's line found by `finder`. Returns None, having added nothing, wherever
     /// `Graph.add` has more to do (the graph is gone or does not allow it, see
     /// `set_modes`; an argument is another graph's proxy or a container holding
     /// proxies): the caller then calls it.
-    #[pyo3(signature = (target, args, finder, kwargs=None))]
     fn add_op<'py>(
         slf: &Bound<'py, Self>,
         target: Bound<'py, PyAny>,
         args: &Bound<'py, PyList>,
         finder: &Bound<'py, SourceFinder>,
-        kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = slf.py();
         let Some(proxy_type) = slf.borrow().op_class.as_ref().map(|ty| ty.clone_ref(py)) else {
@@ -1023,7 +1021,7 @@ impl PyGraphCore {
             target,
             value,
             &items,
-            kwargs.as_ref(),
+            None,
             source,
         ) {
             Err(err) if err.is_instance_of::<ForeignNode>(py) => Ok(None),
