@@ -1,5 +1,7 @@
 """End-to-end cost of tracing real models, each figure a ratio to plain-PyTorch hooks measured
-in the same run (CPU, one torch thread; variants interleaved, best of N).
+in the same run (CPU, one torch thread). Each repetition times every variant back to back, and
+a ratio is the median over repetitions of ours / hooks within one repetition, with its
+interquartile range; the ratio of the best times is printed beside it.
 
   * gpt2:     12-layer GPT-2-style model (n_embd 256, 4 heads, vocab 1000, batch 4 x 32):
               plain forward / forward with hooks storing every block's output / our trace
@@ -32,23 +34,47 @@ from nnsight import NNsight
 from nnsight.models.tiny import TinyConfig, TinyTransformer
 
 
-def best_of(
-    variants: dict[str, Callable[[], Any]], repeats: int, number: int = 1
-) -> dict[str, float]:
-    """Best time per call of each variant (``number`` calls per sample), the variants
-    interleaved so drift hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
+class Timings:
+    """Per-call times of each variant, one sample per repetition, the samples of one
+    repetition taken back to back."""
+
+    def __init__(self, samples: dict[str, list[float]]) -> None:
+        self.samples = samples
+
+    def best(self, name: str) -> float:
+        return min(self.samples[name])
+
+    def ratios(self, name: str, base: str) -> list[float]:
+        """``name`` over ``base`` within each repetition, sorted: taken moments apart, the
+        two samples share the machine's state, which drifts far more between repetitions."""
+        return sorted(a / b for a, b in zip(self.samples[name], self.samples[base], strict=True))
+
+    def ratio(self, name: str, base: str) -> str:
+        """Median paired ratio with its interquartile range, and the ratio of the minima."""
+        r = self.ratios(name, base)
+        q = len(r) // 4
+        median = r[len(r) // 2]
+        best = self.best(name) / self.best(base)
+        return f"{median:.3f}x (IQR {r[q]:.3f}-{r[-1 - q]:.3f}; best-of {best:.3f}x)"
+
+
+def timed(variants: dict[str, Callable[[], Any]], repeats: int, number: int = 1) -> Timings:
+    """Times each variant ``repeats`` times (``number`` calls per sample). Each repetition
+    runs every variant once, in an order reversed every other repetition so that neither
+    always goes first (a warm cache, a frequency step)."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
         for _ in range(number):
             fn()  # warm up
-    for _ in range(repeats):
-        for name, fn in variants.items():
+    order = list(variants.items())
+    for repetition in range(repeats):
+        for name, fn in order if repetition % 2 == 0 else order[::-1]:
             gc.collect()
             start = time.perf_counter()
             for _ in range(number):
                 fn()
-            times[name].append((time.perf_counter() - start) / number)
-    return {name: min(values) for name, values in times.items()}
+            samples[name].append((time.perf_counter() - start) / number)
+    return Timings(samples)
 
 
 def collect_hooks(modules: list[torch.nn.Module], run: Callable[[], Any]) -> list[Any]:
@@ -65,7 +91,7 @@ def collect_hooks(modules: list[torch.nn.Module], run: Callable[[], Any]) -> lis
 def bench_save_all(
     net: torch.nn.Module, envoys: Callable[[NNsight], list[Any]], inputs: torch.Tensor,
     modules: list[torch.nn.Module], repeats: int, number: int = 1,
-) -> dict[str, float]:  # fmt: skip
+) -> Timings:  # fmt: skip
     model = NNsight(net)
     # Listed once, as the hooks version's `modules` are: the list is the benchmark's setup,
     # not the cost of a trace (filtering 64 envoys by type was 2% of a Linear-stack trace).
@@ -76,7 +102,7 @@ def bench_save_all(
             saved = [envoy.output.save() for envoy in targets]
         return [proxy.value for proxy in saved]
 
-    return best_of(
+    return timed(
         {
             "plain": lambda: net(inputs),
             "hooks": lambda: collect_hooks(modules, lambda: net(inputs)),
@@ -87,7 +113,7 @@ def bench_save_all(
     )
 
 
-def bench_patching(net: TinyTransformer, repeats: int) -> dict[str, float]:
+def bench_patching(net: TinyTransformer, repeats: int) -> Timings:
     model = NNsight(net)
     vocab = net.config.vocab_size
     clean, corrupt = torch.randint(0, vocab, (1, 32)), torch.randint(0, vocab, (1, 32))
@@ -115,10 +141,10 @@ def bench_patching(net: TinyTransformer, repeats: int) -> dict[str, float]:
             finally:
                 handle.remove()
 
-    return best_of({"hooks": hooks, "ours": ours}, repeats)
+    return timed({"hooks": hooks, "ours": ours}, repeats)
 
 
-def bench_chain(net: TinyTransformer, inputs: torch.Tensor, repeats: int) -> dict[str, float]:
+def bench_chain(net: TinyTransformer, inputs: torch.Tensor, repeats: int) -> Timings:
     model = NNsight(net)
     block = net.transformer.h[6]
 
@@ -139,7 +165,7 @@ def bench_chain(net: TinyTransformer, inputs: torch.Tensor, repeats: int) -> dic
         finally:
             handle.remove()
 
-    return best_of({"hooks": hooks, "ours": ours}, repeats)
+    return timed({"hooks": hooks, "ours": ours}, repeats)
 
 
 class LiveCounter(TorchFunctionMode):
@@ -189,11 +215,17 @@ def bench_memory() -> dict[str, int]:
     return results
 
 
+def report(label: str, t: Timings, unit: str, scale: float) -> None:
+    times = "  ".join(f"{name} {t.best(name) * scale:7.3f} {unit}" for name in t.samples)
+    print(f"{label + ':':15} {times}  -> ours/hooks {t.ratio('ours', 'hooks')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     options = parser.parse_args()
-    repeats = 3 if options.quick else 15
+    # Pairs per row: many short samples pin the median down better than a few long ones.
+    repeats = 7 if options.quick else 101
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
@@ -212,39 +244,27 @@ def main() -> None:
         with tiny_model.trace(tiny_in):
             tiny_model[0].output.save()
 
-    print("ratios to the hooks version, same run, best of", repeats)
+    print("ours / hooks: median of the paired ratios (IQR; ratio of the best times)")
     with torch.no_grad():
-        r = bench_save_all(
+        t = bench_save_all(
             gpt, lambda m: list(m.transformer.h), tokens, list(gpt.transformer.h), repeats
         )
-        print(
-            f"gpt2 save-all:  plain {r['plain'] * 1e3:7.2f} ms  hooks {r['hooks'] * 1e3:7.2f} ms"
-            f"  ours {r['ours'] * 1e3:7.2f} ms  -> ours/hooks {r['ours'] / r['hooks']:.3f}x"
-        )
+        report("gpt2 save-all", t, "ms", 1e3)
         linears = [m for m in stack if isinstance(m, torch.nn.ReLU)]
-        r = bench_save_all(
+        t = bench_save_all(
             stack, lambda m: [e for e in m if isinstance(e._module, torch.nn.ReLU)], stack_in,
-            linears, repeats, number=20,
+            linears, repeats, number=5,
         )  # fmt: skip
+        report("linear x32", t, "ms", 1e3)
+        t = timed({"plain": lambda: tiny(tiny_in), "ours": empty_trace}, repeats, number=200)
+        fixed = sorted(a - b for a, b in zip(t.samples["ours"], t.samples["plain"], strict=True))
         print(
-            f"linear x32:     plain {r['plain'] * 1e3:7.3f} ms  hooks {r['hooks'] * 1e3:7.3f} ms"
-            f"  ours {r['ours'] * 1e3:7.3f} ms  -> ours/hooks {r['ours'] / r['hooks']:.3f}x"
+            f"empty trace:    plain {t.best('plain') * 1e6:7.1f} us  trace with one save "
+            f"{t.best('ours') * 1e6:7.1f} us  -> fixed cost {fixed[len(fixed) // 2] * 1e6:.1f} us"
+            f" (median of paired differences)"
         )
-        r = best_of({"plain": lambda: tiny(tiny_in), "ours": empty_trace}, repeats, number=500)
-        print(
-            f"empty trace:    plain {r['plain'] * 1e6:7.1f} us  trace with one save "
-            f"{r['ours'] * 1e6:7.1f} us  -> fixed cost {(r['ours'] - r['plain']) * 1e6:.1f} us"
-        )
-        r = bench_patching(gpt, max(3, repeats // 3))
-        print(
-            f"patching x12:   hooks {r['hooks'] * 1e3:7.2f} ms  ours {r['ours'] * 1e3:7.2f} ms"
-            f"  -> ours/hooks {r['ours'] / r['hooks']:.3f}x"
-        )
-        r = bench_chain(gpt, tokens, repeats)
-        print(
-            f"1000-op chain:  hooks {r['hooks'] * 1e3:7.2f} ms  ours {r['ours'] * 1e3:7.2f} ms"
-            f"  -> ours/hooks {r['ours'] / r['hooks']:.3f}x"
-        )
+        report("patching x12", bench_patching(gpt, max(3, repeats // 5)), "ms", 1e3)
+        report("1000-op chain", bench_chain(gpt, tokens, repeats), "ms", 1e3)
     m = bench_memory()
     print(f"memory: peak live 32 MiB activations, hooks {m['hooks']}, ours {m['ours']}")
 
