@@ -1,8 +1,10 @@
 //! Node storage, dependency edges, and the fulfilled/redundant propagation of an intervention graph.
 //!
-//! Nodes live in an arena indexed by [`NodeId`]; ids are stable for the life of the graph. Every
-//! edge is stored twice (a node's `dependencies` and each dependency's `listeners`) and both sides
-//! are written by [`Graph::add_node`] alone, so they cannot disagree.
+//! Nodes live in an arena indexed by [`NodeId`]; ids are stable for the life of the graph. Edges
+//! are stored once, as each node's `dependencies` (written by [`Graph::add_node`] alone); a
+//! node's `listeners` are the later nodes that depend on it, in the order they were added, and
+//! are derived from the dependencies when needed (by [`Graph::compile`], or on first use after
+//! nodes were added), so the two sides cannot disagree.
 //!
 //! Execution semantics (nnsight's, with two deliberate changes, both for memory):
 //!
@@ -83,9 +85,9 @@ pub struct Graph<V> {
     /// Append-only, since a node's dependencies are fixed when it is added.
     dep_offsets: Vec<u32>,
     dep_edges: Vec<NodeId>,
-    /// Listeners, growing as later nodes are added (the source of truth) ...
-    listeners: Vec<Vec<NodeId>>,
-    /// ... and the same lists flattened for the hot loop, rebuilt by `compile` when stale.
+    /// Listeners in CSR form, derived from the dependencies: rebuilt by `compile` (or a
+    /// `set_value` or `listeners` call) once nodes were added since the last build. Adding a
+    /// node thus allocates nothing per node: a list per node cost a `malloc` per traced op.
     listener_csr: Csr,
     /// Edge counts, copied into `remaining` by [`Graph::compile`] in one pass.
     initial: Vec<Counts>,
@@ -121,15 +123,29 @@ struct Csr {
 }
 
 impl Csr {
-    fn rebuild(&mut self, lists: &[Vec<NodeId>]) {
+    /// The transpose of the dependency CSR of `nodes` nodes: node `d`'s row lists every `i`
+    /// with `d` among its dependencies, in increasing `i` (a counting sort).
+    fn transpose(&mut self, dep_offsets: &[u32], dep_edges: &[NodeId], nodes: usize) {
         self.offsets.clear();
-        self.edges.clear();
-        self.offsets.push(0);
-        for list in lists {
-            self.edges.extend_from_slice(list);
-            self.offsets.push(self.edges.len() as u32);
+        self.offsets.resize(nodes + 1, 0);
+        for &dep in dep_edges {
+            self.offsets[dep as usize + 1] += 1;
         }
-        self.nodes = lists.len();
+        for i in 0..nodes {
+            self.offsets[i + 1] += self.offsets[i];
+        }
+        self.edges.clear();
+        self.edges.resize(dep_edges.len(), 0);
+        // `fill[d]`: where node `d`'s next listener goes (its row start, moving on).
+        let mut fill = self.offsets[..nodes].to_vec();
+        for i in 0..nodes {
+            for &dep in csr_row(dep_offsets, dep_edges, i) {
+                let slot = &mut fill[dep as usize];
+                self.edges[*slot as usize] = i as NodeId;
+                *slot += 1;
+            }
+        }
+        self.nodes = nodes;
     }
 
     /// Node `i`'s list; `i` must be below the node count it was built for.
@@ -236,7 +252,6 @@ impl<V> Graph<V> {
             dead: Vec::new(),
             dep_offsets,
             dep_edges: Vec::with_capacity(nodes),
-            listeners: Vec::with_capacity(nodes),
             listener_csr: Csr::default(),
             initial: Vec::with_capacity(nodes),
             remaining: Vec::with_capacity(nodes),
@@ -301,7 +316,6 @@ impl<V> Graph<V> {
         for &dep in dependencies {
             if !self.dep_edges[start..].contains(&dep) {
                 self.dep_edges.push(dep);
-                self.listeners[dep as usize].push(id);
                 self.initial[dep as usize].listeners += 1;
             }
         }
@@ -312,7 +326,6 @@ impl<V> Graph<V> {
         self.names.insert(chosen, target_name, id);
         self.kinds.push(kind);
         self.runs.push(kind.executes());
-        self.listeners.push(Vec::new());
         self.initial.push(Counts {
             listeners: 0,
             dependencies: (self.dep_edges.len() - start) as i32,
@@ -340,9 +353,7 @@ impl<V> Graph<V> {
     /// that have no dependencies are made ready (the first added on top), for the host to drain.
     pub fn compile(&mut self, released: &mut Vec<V>) {
         self.release_all(released);
-        if self.listener_csr.nodes != self.len() {
-            self.listener_csr.rebuild(&self.listeners);
-        }
+        self.fresh_listeners();
         copy_in_pieces(&mut self.remaining, &self.initial);
         self.ready.clear();
         self.swap = None;
@@ -397,8 +408,11 @@ impl<V> Graph<V> {
 
     /// Undoes [`Graph::eliminate_dead_code`]: every node is live again.
     pub fn revive_all(&mut self) {
-        for (i, counts) in self.initial.iter_mut().enumerate() {
-            counts.listeners = self.listeners[i].len() as i32;
+        for counts in &mut self.initial {
+            counts.listeners = 0;
+        }
+        for &dep in &self.dep_edges {
+            self.initial[dep as usize].listeners += 1;
         }
         for (runs, kind) in self.runs.iter_mut().zip(&self.kinds) {
             *runs = kind.executes();
@@ -433,6 +447,9 @@ impl<V> Graph<V> {
     #[inline(always)]
     fn store(&mut self, id: NodeId, value: V, released: &mut Vec<V>) {
         debug_assert!((id as usize) < self.len());
+        if self.listener_csr.nodes != self.len() {
+            self.rebuild_listeners(); // nodes were added since `compile`
+        }
         let i = id as usize;
         let Self {
             values,
@@ -440,7 +457,6 @@ impl<V> Graph<V> {
             dep_offsets,
             dep_edges,
             remaining,
-            listeners,
             listener_csr,
             runs,
             ready,
@@ -454,12 +470,7 @@ impl<V> Graph<V> {
         }
         let deps = csr_row(dep_offsets, dep_edges, i);
         Self::release_dependencies(deps, remaining, values, events, released);
-        let listeners = if listener_csr.nodes == listeners.len() {
-            listener_csr.get(i)
-        } else {
-            &listeners[i]
-        };
-        notify_listeners(listeners, remaining, runs, ready);
+        notify_listeners(listener_csr.get(i), remaining, runs, ready);
         if at(remaining, i).listeners == 0 {
             Self::release(values, events, id, released);
         }
@@ -519,6 +530,21 @@ impl<V> Graph<V> {
         self.ready.clear();
         self.swap = None;
         self.release_all(released);
+    }
+
+    /// Derives the listener CSR from the dependencies when nodes were added since it was built.
+    fn fresh_listeners(&mut self) {
+        if self.listener_csr.nodes != self.len() {
+            self.rebuild_listeners();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn rebuild_listeners(&mut self) {
+        let nodes = self.len();
+        self.listener_csr
+            .transpose(&self.dep_offsets, &self.dep_edges, nodes);
     }
 
     /// Releases every value; values without drop glue are just cleared (a plain memory fill).
@@ -608,9 +634,12 @@ impl<V> Graph<V> {
         Ok(self.kinds[id as usize])
     }
 
-    pub fn listeners(&self, id: NodeId) -> Result<&[NodeId], GraphError> {
+    /// The nodes that depend on `id`, in the order they were added (the listener CSR is
+    /// rebuilt first if nodes were added since it was built).
+    pub fn listeners(&mut self, id: NodeId) -> Result<&[NodeId], GraphError> {
         self.check(id)?;
-        Ok(&self.listeners[id as usize])
+        self.fresh_listeners();
+        Ok(self.listener_csr.get(id as usize))
     }
 
     pub fn dependencies(&self, id: NodeId) -> Result<&[NodeId], GraphError> {
@@ -738,6 +767,39 @@ mod tests {
     fn root(g: &mut G) -> NodeId {
         g.add_node(None, "argument", Kind::Argument, &[], Some(ROOT_ARGUMENT))
             .unwrap()
+    }
+
+    #[test]
+    fn listeners_are_the_dependents_in_order_added_also_after_compile() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let a = g.add_node(None, "add", Kind::Op, &[r], None).unwrap();
+        let b = g.add_node(None, "add", Kind::Op, &[a, r, a], None).unwrap();
+        assert_eq!(g.listeners(r).unwrap(), &[a, b]);
+        assert_eq!(g.listeners(a).unwrap(), &[b]);
+        assert_eq!(g.listeners(b).unwrap(), &[] as &[NodeId]);
+        run_sum(&mut g, 1);
+        // Added after `compile`: listed at once, and told when its dependency is set.
+        let c = g.add_node(None, "add", Kind::Op, &[b, r], None).unwrap();
+        assert_eq!(g.listeners(r).unwrap(), &[a, b, c]);
+        assert_eq!(g.listeners(b).unwrap(), &[c]);
+        let mut released = Vec::new();
+        g.set_remaining_dependencies(c, 1).unwrap();
+        g.set_value(b, Box::new(5), &mut released).unwrap();
+        assert!(g.fulfilled(c).unwrap());
+        assert_eq!(g.pop_ready(0), Some(c));
+        // Dead-code elimination and revival count listeners from the same edges.
+        let save = g.add_node(None, "null", Kind::Null, &[a], None).unwrap();
+        let mut effects = vec![false; g.len()];
+        effects[save as usize] = true;
+        g.eliminate_dead_code(&effects).unwrap();
+        g.compile(&mut released);
+        assert_eq!(g.remaining_listeners(r).unwrap(), 1);
+        assert_eq!(g.remaining_listeners(a).unwrap(), 1);
+        g.revive_all();
+        g.compile(&mut released);
+        assert_eq!(g.remaining_listeners(r).unwrap(), 3);
+        assert_eq!(g.remaining_listeners(a).unwrap(), 2);
     }
 
     #[test]
