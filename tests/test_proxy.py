@@ -231,3 +231,23 @@ def test_operators_build_proxies_of_the_graphs_proxy_class() -> None:
     graph.add("null", None, [tripled])
     graph.compile(torch.ones(2))
     assert torch.equal(tripled.value, torch.full((2,), -6.0))
+
+
+def test_proxy_subclasses_with_slots_or_a_dict_keep_their_node() -> None:
+    # The core reads and writes a proxy's `_core` and `_id` at the offsets of Proxy's own
+    # slots, which subclasses inherit whatever they add (more slots, or a __dict__).
+    class Slotted(Proxy):
+        __slots__ = ("tag",)
+
+    class WithDict(Proxy):
+        pass
+
+    for cls in (Slotted, WithDict):
+        graph = Graph(torch.ones(2), proxy_class=cls, validate=False)
+        out = (graph.module_proxy + 1) * 3
+        assert type(out) is cls
+        first = out.node.args[0]  # the node is found through the slots
+        assert first.target is operator.add and first.args[0] is graph.module_proxy.node
+        graph.add("null", None, [out])
+        graph.compile(torch.ones(2))
+        assert torch.equal(out.value, torch.full((2,), 6.0))

@@ -24,7 +24,9 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
+use super::slots::MemberSlot;
 use super::source::SourceFinder;
 use crate::graph::{Event, Graph, Kind, NodeId};
 
@@ -101,10 +103,17 @@ impl Slot {
     }
 }
 
+/// Positional slots kept inline: most ops take one to three arguments (an `argument` node's
+/// plan holds its key, rows and start).
+type Slots = SmallVec<[Slot; 3]>;
+
+/// A traced call's top-level arguments, gathered without a heap allocation for the usual few.
+type Items<'py> = SmallVec<[Bound<'py, PyAny>; 4]>;
+
 /// How to call an op node's target without going through Python code of ours.
 struct CallPlan {
     target: Py<PyAny>,
-    args: Vec<Slot>,
+    args: Slots,
     kwargs: Vec<(Py<PyString>, Slot)>,
 }
 
@@ -187,7 +196,7 @@ fn target_name<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>
 /// Allocates with the class's `tp_alloc` directly, which is all `object.__new__` does for a
 /// class that is not abstract once it has checked that it got no arguments; calling it as a
 /// Python method took 800 instructions, a fifth of adding a node.
-fn new_bare<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
+pub(super) fn new_bare<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
     let py = cls.py();
     let ty = cls.as_type_ptr();
     // SAFETY: `ty` is a live type object (borrowed from `cls`); its `tp_alloc` slot, when set,
@@ -205,7 +214,7 @@ fn new_bare<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
 
 /// Sets an attribute the way `object.__setattr__` does, so a class's own `__setattr__` (the
 /// Proxy's traces assignments) is bypassed and the slot descriptor is used.
-fn set_slot(
+pub(super) fn set_slot(
     obj: &Bound<'_, PyAny>,
     name: &Bound<'_, PyString>,
     value: &Bound<'_, PyAny>,
@@ -236,9 +245,33 @@ fn proxy_slots<'py>(
 }
 
 /// The id a proxy of this graph names its node by, or None for a proxy of another graph or
-/// one without the slots (see `proxy_slots`).
+/// one without the slots (see `proxy_slots`). Reads the slots directly where the core knows
+/// where they are (`ProxySlots`).
 fn proxy_id(core: &Bound<'_, PyGraphCore>, proxy: &Bound<'_, PyAny>) -> PyResult<Option<NodeId>> {
+    if let Some(slots) = &core.borrow().proxy_slots {
+        if let (Some(owner), Some(id)) = (slots.core.get(proxy), slots.id.get(proxy)) {
+            return match (owner, id) {
+                (Some(owner), Some(id)) if owner.is(core) => Ok(Some(id.extract()?)),
+                _ => Ok(None),
+            };
+        }
+    }
     Ok(proxy_slots(proxy)?.and_then(|(owner, id)| owner.is(core).then_some(id)))
+}
+
+/// The `_core` and `_id` slots of the proxy class a core was made with.
+struct ProxySlots {
+    core: MemberSlot,
+    id: MemberSlot,
+}
+
+impl ProxySlots {
+    fn of(cls: &Bound<'_, PyType>) -> Option<Self> {
+        Some(Self {
+            core: MemberSlot::of(cls, "_core")?,
+            id: MemberSlot::of(cls, "_id")?,
+        })
+    }
 }
 
 fn to_id(id: i64) -> Option<NodeId> {
@@ -273,6 +306,8 @@ pub struct PyGraphCore {
     /// Automatic-name stems of the op targets seen (target address -> (target, stem)): a
     /// builtin's `__name__` is a new string on every read.
     stems: FxHashMap<usize, (Py<PyAny>, Py<PyString>)>,
+    /// Where `proxy_type`'s `_core` and `_id` slots are (None: use the attribute protocol).
+    proxy_slots: Option<ProxySlots>,
 }
 
 /// Op targets whose stems a graph keeps at most (the cache starts over beyond).
@@ -341,7 +376,7 @@ impl PyGraphCore {
         kind: Kind,
         target: &Bound<'_, PyString>,
         deps: &[NodeId],
-        args: Vec<Slot>,
+        args: Slots,
         pending: Pending,
     ) -> PyResult<NodeId> {
         let py = slf.py();
@@ -372,12 +407,15 @@ impl PyGraphCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let proxy = new_bare(proxy_type)?;
-        set_slot(&proxy, intern!(py, "_core"), slf.as_any())?;
-        set_slot(
-            &proxy,
-            intern!(py, "_id"),
-            &id.into_pyobject(py)?.into_any(),
-        )?;
+        let id = id.into_pyobject(py)?.into_any();
+        let direct =
+            slf.borrow().proxy_slots.as_ref().is_some_and(|slots| {
+                slots.core.set(&proxy, slf.as_any()) && slots.id.set(&proxy, &id)
+            });
+        if !direct {
+            set_slot(&proxy, intern!(py, "_core"), slf.as_any())?;
+            set_slot(&proxy, intern!(py, "_id"), &id)?;
+        }
         Ok(proxy)
     }
 
@@ -406,7 +444,7 @@ impl PyGraphCore {
         slf: &Bound<'py, Self>,
         types: &ScanTypes,
         item: Bound<'py, PyAny>,
-        deps: &mut Vec<NodeId>,
+        deps: &mut SmallVec<[NodeId; 8]>,
         replace: Option<Replace<'_, 'py>>,
     ) -> PyResult<Option<Slot>> {
         let py = slf.py();
@@ -467,10 +505,10 @@ impl PyGraphCore {
                 tensor: clone(&this.tensor_type),
             }
         };
-        let mut deps = Vec::new();
+        let mut deps = SmallVec::<[NodeId; 8]>::new();
         let mut plan = CallPlan {
             target: target.clone().unbind(),
-            args: Vec::with_capacity(args.len()),
+            args: Slots::with_capacity(args.len()),
             kwargs: Vec::with_capacity(kwargs.map_or(0, |kwargs| kwargs.len())),
         };
         for (i, item) in args.iter().enumerate() {
@@ -522,9 +560,8 @@ impl PyGraphCore {
 
     /// Adds `argument(key, size, start)`, the node standing for one module call's value in
     /// one invoke, as `add_object` would, with the user's line found by `finder`; returns its
-    /// proxy and id. Its proxy value is a bare `value_type` instance (a `ScannedValue`) whose `_ctx`
-    /// and `_key` slots are `scan` and `key`, or the empty sentinel when `scan` is None.
-    /// `ModuleReads.read`'s slow path, called only while the graph is tracing.
+    /// proxy and id. `value` is its proxy value (a `ScannedValue`, or None for the empty
+    /// sentinel). `ModuleReads.read`'s slow path, called only while the graph is tracing.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn add_argument<'py>(
         slf: &Bound<'py, Self>,
@@ -533,18 +570,13 @@ impl PyGraphCore {
         key: Bound<'py, PyString>,
         size: Bound<'py, PyAny>,
         start: Bound<'py, PyAny>,
-        scan: &Bound<'py, PyAny>,
-        value_type: &Bound<'py, PyType>,
+        value: Option<Bound<'py, PyAny>>,
         finder: &Bound<'py, SourceFinder>,
     ) -> PyResult<(Bound<'py, PyAny>, NodeId)> {
         let py = slf.py();
-        let value = if scan.is_none() {
-            slf.borrow().empty.clone_ref(py)
-        } else {
-            let value = new_bare(value_type)?;
-            set_slot(&value, intern!(py, "_ctx"), scan)?;
-            set_slot(&value, intern!(py, "_key"), key.as_any())?;
-            value.unbind()
+        let value = match value {
+            Some(value) => value.unbind(),
+            None => slf.borrow().empty.clone_ref(py),
         };
         let source = finder.borrow_mut().find_from(py, 1)?;
         let id = Self::add_reserved(
@@ -552,7 +584,7 @@ impl PyGraphCore {
             Kind::Argument,
             intern!(py, "argument"),
             &[],
-            vec![
+            smallvec::smallvec![
                 Slot::Const(key.into_any().unbind()),
                 Slot::Const(size.unbind()),
                 Slot::Const(start.unbind()),
@@ -715,7 +747,7 @@ impl PyGraphCore {
 
     /// Builds the call of a fast op node from its plan and the current values.
     fn prepare_call<'py>(&self, py: Python<'py>, plan: &CallPlan) -> PyResult<Step<'py>> {
-        let mut args = Vec::with_capacity(plan.args.len());
+        let mut args = Items::with_capacity(plan.args.len());
         for slot in &plan.args {
             args.push(self.slot(py, slot)?);
         }
@@ -867,13 +899,18 @@ impl PyGraphCore {
     #[new]
     #[pyo3(signature = (empty, tensor_type=None, proxy_type=None, node_type=None, graph_ref=None))]
     fn new(
+        py: Python<'_>,
         empty: Py<PyAny>,
         tensor_type: Option<Py<PyType>>,
         proxy_type: Option<Py<PyType>>,
         node_type: Option<Py<PyType>>,
         graph_ref: Option<Py<PyAny>>,
     ) -> Self {
+        let proxy_slots = proxy_type
+            .as_ref()
+            .and_then(|cls| ProxySlots::of(cls.bind(py)));
         Self {
+            proxy_slots,
             graph: Graph::with_capacity(NODES_RESERVED),
             plans: Vec::with_capacity(NODES_RESERVED),
             empty,
@@ -917,7 +954,7 @@ impl PyGraphCore {
             None => PyDict::new(py),
             Some(kwargs) => kwargs.copy()?,
         };
-        let items: Vec<_> = args.iter().collect();
+        let items: Items<'py> = args.iter().collect();
         let id = Self::add_scanned(
             slf,
             name,
@@ -953,8 +990,8 @@ impl PyGraphCore {
                 "add_object needs a GraphCore made with its graph's weak reference",
             ));
         }
-        let items: Vec<Bound<'py, PyAny>> = match &args {
-            None => Vec::new(),
+        let items: Items<'py> = match &args {
+            None => Items::new(),
             Some(args) => match args.cast::<PyList>() {
                 Ok(list) => list.iter().collect(),
                 Err(_) => match args.cast::<PyTuple>() {
@@ -1012,7 +1049,7 @@ impl PyGraphCore {
             .cast_into::<PyList>()?;
         let source = finder.borrow_mut().find_from(py, 1)?.into_any();
         let value = slf.borrow().empty.clone_ref(py).into_bound(py);
-        let items: Vec<Bound<'py, PyAny>> = args.iter().collect();
+        let items: Items<'py> = args.iter().collect();
         match Self::add_lazy(
             slf,
             &proxy_type,
@@ -1059,7 +1096,7 @@ impl PyGraphCore {
             Kind::Null,
             intern!(py, "null"),
             &[id],
-            vec![Slot::Node(id)],
+            smallvec::smallvec![Slot::Node(id)],
             Pending {
                 name: None,
                 proxy_value: Some(py.None()),
@@ -1090,7 +1127,7 @@ impl PyGraphCore {
     ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
         let py = slf.py();
         let copy = |slot: &Slot| slot.clone_ref(py);
-        let (args, kwargs): (Vec<Slot>, Vec<(Py<PyString>, Slot)>) = {
+        let (args, kwargs): (Slots, Vec<(Py<PyString>, Slot)>) = {
             let this = slf.borrow();
             this.check_id(id)?;
             match &this.plans[id as usize] {
@@ -1246,7 +1283,7 @@ impl PyGraphCore {
         Ok(kind_name(self.graph.kind(id)?))
     }
 
-    fn listeners(&self, id: u32) -> PyResult<Vec<u32>> {
+    fn listeners(&mut self, id: u32) -> PyResult<Vec<u32>> {
         Ok(self.graph.listeners(id)?.to_vec())
     }
 
@@ -1368,6 +1405,10 @@ impl PyGraphCore {
         }
         visit.call(&self.graph_ref)?;
         visit.call(&self.op_class)?;
+        if let Some(slots) = &self.proxy_slots {
+            visit.call(slots.core.owner())?;
+            visit.call(slots.id.owner())?;
+        }
         for (target, stem) in self.stems.values() {
             visit.call(target)?;
             visit.call(stem)?;
@@ -1399,6 +1440,7 @@ impl PyGraphCore {
         self.graph_ref = None;
         self.op_class = None;
         self.stems.clear();
+        self.proxy_slots = None;
         self.graph = Graph::new();
     }
 }

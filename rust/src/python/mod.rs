@@ -6,6 +6,7 @@
 mod core;
 mod hooks;
 mod reads;
+mod slots;
 mod source;
 
 use pyo3::exceptions::{PyKeyError, PyValueError};

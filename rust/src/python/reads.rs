@@ -13,7 +13,8 @@ use pyo3::types::{PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 use rustc_hash::FxHashMap;
 
-use super::core::PyGraphCore;
+use super::core::{new_bare, set_slot, PyGraphCore};
+use super::slots::MemberSlot;
 use super::source::SourceFinder;
 use crate::graph::NodeId;
 
@@ -54,7 +55,31 @@ struct Maker {
     nodes: Py<PyList>,
     proxy_type: Py<PyType>,
     value_type: Py<PyType>,
+    /// `value_type`'s `_ctx` and `_key` slots, where it has them as plain object slots.
+    value_slots: Option<(MemberSlot, MemberSlot)>,
     finder: Py<SourceFinder>,
+}
+
+impl Maker {
+    /// A bare `value_type` instance (a `ScannedValue`) whose `_ctx` and `_key` slots are
+    /// `scan` and `key`. Runs no Python code: the type's allocator, then two slot writes.
+    fn scanned_value<'py>(
+        &self,
+        scan: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyString>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = scan.py();
+        let value = new_bare(self.value_type.bind(py))?;
+        let direct = self
+            .value_slots
+            .as_ref()
+            .is_some_and(|(ctx, slot)| ctx.set(&value, scan) && slot.set(&value, key));
+        if !direct {
+            set_slot(&value, intern!(py, "_ctx"), scan)?;
+            set_slot(&value, intern!(py, "_key"), key)?;
+        }
+        Ok(value)
+    }
 }
 
 /// The reads of one trace (see the module docs), made by the tracer.
@@ -147,18 +172,24 @@ impl ModuleReads {
 impl ModuleReads {
     #[new]
     fn new(
+        py: Python<'_>,
         core: Py<PyGraphCore>,
         nodes: Py<PyList>,
         proxy_type: Py<PyType>,
         value_type: Py<PyType>,
         finder: Py<SourceFinder>,
     ) -> Self {
+        let value_slots = {
+            let cls = value_type.bind(py);
+            MemberSlot::of(cls, "_ctx").zip(MemberSlot::of(cls, "_key"))
+        };
         Self {
             maker: Some(Maker {
                 core,
                 nodes,
                 proxy_type,
                 value_type,
+                value_slots,
                 finder,
             }),
             envoys: Vec::new(),
@@ -202,7 +233,8 @@ impl ModuleReads {
             return Ok(None);
         };
         // Borrowed only here: adding the node runs Python (the source finder, the proxy type).
-        let (maker, path, start, size, scan) = {
+        let (index, output, call, _) = key;
+        let (maker, argument_key, value, start, size) = {
             let this = slf.borrow();
             if let Some(proxy) = this.values.get(&key) {
                 return Ok(Some(proxy.bind(py).clone()));
@@ -210,23 +242,28 @@ impl ModuleReads {
             let (Some(maker), Some(invoke)) = (&this.maker, &this.invoke) else {
                 return Ok(None); // cleared
             };
+            let path = this.envoys[index as usize].path.bind(py);
+            let argument_key = PyString::new(py, &format!("{path}.{}.{call}", kind_name(output)));
+            let scan = invoke.scan.bind(py);
+            let value = if scan.is_none() {
+                None
+            } else {
+                Some(maker.scanned_value(scan, &argument_key)?)
+            };
             (
                 (
                     maker.core.clone_ref(py),
                     maker.nodes.clone_ref(py),
                     maker.proxy_type.clone_ref(py),
-                    maker.value_type.clone_ref(py),
                     maker.finder.clone_ref(py),
                 ),
-                this.envoys[key.0 as usize].path.clone_ref(py),
+                argument_key,
+                value,
                 invoke.start,
                 invoke.size,
-                invoke.scan.clone_ref(py),
             )
         };
-        let (core, nodes, proxy_type, value_type, finder) = maker;
-        let (index, output, call, _) = key;
-        let argument_key = PyString::new(py, &format!("{path}.{}.{call}", kind_name(output)));
+        let (core, nodes, proxy_type, finder) = maker;
         let (proxy, node) = PyGraphCore::add_argument(
             core.bind(py),
             proxy_type.bind(py),
@@ -234,8 +271,7 @@ impl ModuleReads {
             argument_key,
             size.into_pyobject(py)?.into_any(),
             start.into_pyobject(py)?.into_any(),
-            scan.bind(py),
-            value_type.bind(py),
+            value,
             finder.bind(py),
         )?;
         let mut this = slf.borrow_mut();
@@ -287,6 +323,10 @@ impl ModuleReads {
             visit.call(&maker.nodes)?;
             visit.call(&maker.proxy_type)?;
             visit.call(&maker.value_type)?;
+            if let Some((ctx, key)) = &maker.value_slots {
+                visit.call(ctx.owner())?;
+                visit.call(key.owner())?;
+            }
             visit.call(&maker.finder)?;
         }
         for addressed in &self.envoys {
