@@ -447,9 +447,7 @@ impl<V> Graph<V> {
     #[inline(always)]
     fn store(&mut self, id: NodeId, value: V, released: &mut Vec<V>) {
         debug_assert!((id as usize) < self.len());
-        if self.listener_csr.nodes != self.len() {
-            self.rebuild_listeners(); // nodes were added since `compile`
-        }
+        self.fresh_listeners(); // nodes may have been added since `compile`
         let i = id as usize;
         let Self {
             values,
@@ -533,6 +531,7 @@ impl<V> Graph<V> {
     }
 
     /// Derives the listener CSR from the dependencies when nodes were added since it was built.
+    #[inline(always)]
     fn fresh_listeners(&mut self) {
         if self.listener_csr.nodes != self.len() {
             self.rebuild_listeners();
