@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnsight.intervention.batching import Rows, combine, narrow, splice
+from nnsight.intervention.batching import Rows, batch_size_of, combine, map_tensors, narrow, splice
 
 
 @st.composite
@@ -59,3 +59,31 @@ def test_in_place_edits_of_a_narrowed_view_reach_the_batch(sizes: list[int]) -> 
         narrow(batch, row)[:] = i
     expected = torch.cat([torch.full((size, 2), float(i)) for i, size in enumerate(sizes)])
     assert torch.equal(batch, expected)
+
+
+def _first_batched_by_walk(inputs: object) -> int:
+    found: list[int] = []
+    map_tensors(inputs, lambda t: found.append(t.shape[0]) if t.dim() > 0 else None)
+    return found[0] if found else 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    leaves=st.lists(st.sampled_from(["scalar", "rows2", "rows5", "int"]), max_size=4),
+    nest=st.booleans(),
+    as_kwarg=st.booleans(),
+)
+def test_batch_size_is_the_first_dimension_of_the_first_batched_tensor(
+    leaves: list[str], nest: bool, as_kwarg: bool
+) -> None:
+    # The fast path (first leaf) and the full walk must agree on any arrangement.
+    made = {
+        "scalar": lambda: torch.tensor(1.0),
+        "rows2": lambda: torch.zeros(2, 3),
+        "rows5": lambda: torch.zeros(5),
+        "int": lambda: 7,
+    }
+    items: list[object] = [made[leaf]() for leaf in leaves]
+    args: tuple[object, ...] = (tuple(items),) if nest else tuple(items)
+    inputs = ((), {"x": args}) if as_kwarg else (args, {})
+    assert batch_size_of(inputs) == _first_batched_by_walk(inputs)

@@ -63,6 +63,11 @@ def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
 
 def batch_size_of(inputs: Any) -> int:
     """Rows an invoke's inputs make: the first dimension of their first tensor (1 if none)."""
+    first = inputs  # the first leaf: when it is a batched tensor (the common case), that is it
+    while isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    if isinstance(first, torch.Tensor) and first.dim() > 0:
+        return first.shape[0]
     found: list[torch.Tensor] = []
 
     def note(tensor: torch.Tensor) -> torch.Tensor:

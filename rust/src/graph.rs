@@ -21,7 +21,10 @@
 //! Re-entrant hosts use *frames*: each drain only pops entries above the stack depth it started
 //! at, so a value set from inside a running node executes exactly what it made ready.
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
+use smallvec::{smallvec, SmallVec};
 
 use crate::error::GraphError;
 use crate::names::Names;
@@ -31,6 +34,9 @@ pub type NodeId = u32;
 
 /// Argument key of the root-module `argument` node (`Graph.argument_node_names` key).
 pub const ROOT_ARGUMENT: &str = "nnsight_root_module";
+
+/// Argument keys a new graph has room for: the root plus a trace's first module reads.
+const ARGUMENTS_RESERVED: usize = 16;
 
 /// What kind of node this is, derived from its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,10 +99,12 @@ pub struct Graph<V> {
     initial: Vec<Counts>,
     remaining: Vec<Counts>,
     values: Vec<Option<V>>,
-    /// Argument key -> the `argument` nodes registered under it, keys in first-use order.
-    arguments: Vec<(String, Vec<NodeId>)>,
-    /// Argument key -> its slot in `arguments` (a trace makes one key per module call).
-    argument_slots: FxHashMap<String, usize>,
+    /// Argument key -> the `argument` nodes registered under it, keys in first-use order. A
+    /// trace makes one key per module value read, so each key is one allocation, shared with
+    /// `argument_slots`, and its single node is kept inline.
+    arguments: Vec<(Arc<str>, SmallVec<[NodeId; 1]>)>,
+    /// Argument key -> its slot in `arguments`.
+    argument_slots: FxHashMap<Arc<str>, usize>,
     root: Option<NodeId>,
     /// Nodes with no dependencies that execute: run by [`Graph::compile`].
     roots: Vec<NodeId>,
@@ -256,8 +264,11 @@ impl<V> Graph<V> {
             initial: Vec::with_capacity(nodes),
             remaining: Vec::with_capacity(nodes),
             values: Vec::with_capacity(nodes),
-            arguments: Vec::new(),
-            argument_slots: FxHashMap::default(),
+            arguments: Vec::with_capacity(ARGUMENTS_RESERVED),
+            argument_slots: FxHashMap::with_capacity_and_hasher(
+                ARGUMENTS_RESERVED,
+                Default::default(),
+            ),
             root: None,
             roots: Vec::new(),
             ready: Vec::new(),
@@ -339,9 +350,10 @@ impl<V> Graph<V> {
             match self.argument_slots.get(key) {
                 Some(&slot) => self.arguments[slot].1.push(id),
                 None => {
+                    let key: Arc<str> = Arc::from(key);
                     self.argument_slots
-                        .insert(key.to_owned(), self.arguments.len());
-                    self.arguments.push((key.to_owned(), vec![id]));
+                        .insert(Arc::clone(&key), self.arguments.len());
+                    self.arguments.push((key, smallvec![id]));
                 }
             }
         }
@@ -689,8 +701,8 @@ impl<V> Graph<V> {
     }
 
     /// `(argument key, argument nodes)` pairs in first-use order.
-    pub fn arguments(&self) -> &[(String, Vec<NodeId>)] {
-        &self.arguments
+    pub fn arguments(&self) -> impl ExactSizeIterator<Item = (&str, &[NodeId])> {
+        self.arguments.iter().map(|(key, ids)| (&**key, &ids[..]))
     }
 
     /// The root-module argument node, once added.
@@ -949,11 +961,8 @@ mod tests {
         assert_eq!(ran, vec![b]);
         assert_eq!(g.pop_ready(0), Some(a));
         assert_eq!(
-            g.arguments(),
-            &[
-                (ROOT_ARGUMENT.to_owned(), vec![r]),
-                ("x".to_owned(), vec![x])
-            ]
+            g.arguments().collect::<Vec<_>>(),
+            [(ROOT_ARGUMENT, &[r][..]), ("x", &[x][..])]
         );
     }
 

@@ -279,8 +279,9 @@ fn to_id(id: i64) -> Option<NodeId> {
 }
 
 /// Nodes a new graph has room for before its vectors grow: a trace's graph is made anew for
-/// every trace, and most hold a few dozen nodes.
-const NODES_RESERVED: usize = 64;
+/// every trace, and most hold a few dozen nodes (a read and a save per layer of a 32-layer
+/// model is 65).
+const NODES_RESERVED: usize = 128;
 
 /// Node storage, names and propagation for one `nnsight.tracing.Graph`.
 #[pyclass(name = "GraphCore", module = "nnsight._core")]

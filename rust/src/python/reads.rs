@@ -7,6 +7,8 @@
 //! read in the order it was made: the run's hooks are planned from that list
 //! (`OutputHook.install`). A read is one core call, with no Python frame of the tracer's.
 
+use std::fmt::Write;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple, PyType};
@@ -17,6 +19,10 @@ use super::core::{new_bare, set_slot, PyGraphCore};
 use super::slots::MemberSlot;
 use super::source::SourceFinder;
 use crate::graph::NodeId;
+
+/// Reads (and envoys) a trace has room for before its lists and maps grow: they are made anew
+/// for every trace, and growing them from empty was ~550 instructions per read.
+const READS_RESERVED: usize = 32;
 
 /// An envoy the trace has seen.
 pub(super) struct Addressed {
@@ -113,6 +119,19 @@ pub(super) fn kind_name(output: bool) -> &'static str {
     }
 }
 
+/// The argument key of a read, `"<path>.<kind>.<call>"`, built from the path's UTF-8: `format!`
+/// with the path as a Python string went through `str()`, ~1.3k instructions of a read's ~6k.
+fn argument_key(path: &str, output: bool, call: u32) -> String {
+    let kind = kind_name(output);
+    let mut key = String::with_capacity(path.len() + kind.len() + 12);
+    key.push_str(path);
+    key.push('.');
+    key.push_str(kind);
+    key.push('.');
+    let _ = write!(key, "{call}"); // writing to a String cannot fail
+    key
+}
+
 /// `read` as the interleaver's Python takes it: `(path, kind, call, node id, start, rows)`.
 pub(super) fn request<'py>(
     py: Python<'py>,
@@ -192,10 +211,10 @@ impl ModuleReads {
                 value_slots,
                 finder,
             }),
-            envoys: Vec::new(),
-            index: FxHashMap::default(),
-            values: FxHashMap::default(),
-            reads: Vec::new(),
+            envoys: Vec::with_capacity(READS_RESERVED),
+            index: FxHashMap::with_capacity_and_hasher(READS_RESERVED, Default::default()),
+            values: FxHashMap::with_capacity_and_hasher(READS_RESERVED, Default::default()),
+            reads: Vec::with_capacity(READS_RESERVED),
             invoke: None,
         }
     }
@@ -243,7 +262,7 @@ impl ModuleReads {
                 return Ok(None); // cleared
             };
             let path = this.envoys[index as usize].path.bind(py);
-            let argument_key = PyString::new(py, &format!("{path}.{}.{call}", kind_name(output)));
+            let argument_key = PyString::new(py, &argument_key(path.to_str()?, output, call));
             let scan = invoke.scan.bind(py);
             let value = if scan.is_none() {
                 None

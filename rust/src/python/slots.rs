@@ -6,9 +6,30 @@
 //! on every access: that was ~150 instructions per access, and a traced op reads two slots of
 //! each proxy argument and writes two on its new proxy.
 
+use std::sync::Mutex;
+
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
+
+/// Slots found before, by class and name: a graph and its reads are made anew for every trace,
+/// and finding a slot along the class's MRO cost ~1.5k instructions, four per trace. Each entry
+/// holds its class, so a class's address is never reused while it is listed; a program that
+/// makes more proxy classes than this holds finds the rest each time.
+static FOUND: Mutex<Vec<Found>> = Mutex::new(Vec::new());
+const FOUND_MAX: usize = 32;
+
+fn lock_found() -> std::sync::MutexGuard<'static, Vec<Found>> {
+    FOUND
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Found {
+    cls: Py<PyType>,
+    name: &'static str,
+    slot: Option<(Py<PyType>, isize)>,
+}
 
 /// Where the slot `name` of class `owner` lives in its instances.
 pub(super) struct MemberSlot {
@@ -19,7 +40,39 @@ pub(super) struct MemberSlot {
 impl MemberSlot {
     /// The object slot `name` of `cls`, or None when `cls.name` is not a writable object slot
     /// (then callers use the generic attribute protocol).
-    pub(super) fn of(cls: &Bound<'_, PyType>, name: &str) -> Option<Self> {
+    pub(super) fn of(cls: &Bound<'_, PyType>, name: &'static str) -> Option<Self> {
+        let py = cls.py();
+        // The lock is never held while Python code runs (`find` may run some), so neither a
+        // re-entrant call nor another thread waiting for the GIL can deadlock on it.
+        let known = |found: &[Found]| {
+            found
+                .iter()
+                .find(|f| f.cls.is(cls) && f.name == name)
+                .map(|hit| {
+                    hit.slot.as_ref().map(|(owner, offset)| Self {
+                        owner: owner.clone_ref(py),
+                        offset: *offset,
+                    })
+                })
+        };
+        if let Some(slot) = known(&lock_found()) {
+            return slot;
+        }
+        let slot = Self::find(cls, name);
+        let mut found = lock_found();
+        if found.len() < FOUND_MAX && known(&found).is_none() {
+            found.push(Found {
+                cls: cls.clone().unbind(),
+                name,
+                slot: slot
+                    .as_ref()
+                    .map(|slot| (slot.owner.clone_ref(py), slot.offset)),
+            });
+        }
+        slot
+    }
+
+    fn find(cls: &Bound<'_, PyType>, name: &str) -> Option<Self> {
         let descriptor = cls.getattr(name).ok()?;
         // SAFETY: `descriptor` is a live object; it is read as a member descriptor only after
         // its type is checked to be exactly `member_descriptor`, whose `d_member` points to
