@@ -59,6 +59,11 @@ class Invoker:
     def __exit__(self, *exc: object) -> None:
         self.tracer._close_invoke()
 
+    def next(self, steps: int = 1) -> None:
+        """Addresses every module's next call (the next generation step) from now on, in this
+        invoke: nnsight 0.2's ``invoker.next()``, the same as ``tracer.next()`` here."""
+        self.tracer.next(steps)
+
 
 class Tracer:
     """``with model.trace(*inputs, validate=False, scan=True, **kwargs) as tracer:``.
@@ -68,6 +73,8 @@ class Tracer:
         inputs, kwargs: Inputs of the implicit invoke when given; with none, open
             ``tracer.invoke(...)`` blocks instead (the kwargs are then passed to the forward
             call of the whole batch).
+        generate: Keyword arguments of the model's ``generate`` method, which the run calls
+            instead of the forward pass (``model.generate(...)``); None for a forward pass.
         validate: Run every traced op on fake tensors as it is added, so shape errors raise
             at the line that wrote them. Off by default: it costs ~15-25 µs per op, and a
             trace of cheap ops on real activations is then dominated by it.
@@ -77,6 +84,8 @@ class Tracer:
 
     Attributes:
         graph: The intervention graph being recorded.
+        output: What the run returned (the model's output, or ``generate``'s), once the block
+            is over; None until then.
     """
 
     def __init__(
@@ -86,10 +95,13 @@ class Tracer:
         kwargs: dict[str, Any],
         validate: bool = False,
         scan: bool = True,
+        generate: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.graph = InterventionGraph(model._model, validate=validate)
         self.scan = scan
+        self.output: Any = None
+        self._generate = generate
         self._implicit = (inputs, kwargs) if inputs or kwargs else None
         self._forward_kwargs = {} if self._implicit else kwargs
         self._invokes: list[Invoke] = []
@@ -238,7 +250,10 @@ class Tracer:
         try:
             with interleaver:
                 graph.compile(module)
-                module(*args, **kwargs)
+                if self._generate is None:
+                    output = module(*args, **kwargs)
+                else:  # each step calls the modules again: step n is call n (``.next()``)
+                    output = module.generate(*args, **kwargs, **self._generate)
             unreached = interleaver.unreached()
             if unreached is not None:
                 raise TracingError(unreached)
@@ -249,6 +264,7 @@ class Tracer:
             raise
         set_classes(graph.saved, SavedProxy)  # each: object.__setattr__(p, "__class__", ...)
         graph.saved.clear()
+        self.output = output
 
 
 def _has_rows(value: Any) -> bool:

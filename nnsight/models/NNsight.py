@@ -54,6 +54,30 @@ class NNsight:
             return self._model(*inputs, **kwargs)
         return Tracer(self, inputs, kwargs, validate=validate, scan=scan)
 
+    def generate(
+        self,
+        *inputs: Any,
+        validate: bool = False,
+        scan: bool = True,
+        **kwargs: Any,
+    ) -> Tracer:
+        """Opens a trace whose run is the wrapped model's ``generate(inputs, **kwargs)`` (a
+        Hugging Face model's, or any module's with that method) instead of one forward pass.
+
+        Every generation step calls the modules again, so ``.output`` addresses the first step
+        (the prompt's forward pass) and ``.next()`` each later one; ``tracer.next()`` moves
+        every module on. ``kwargs`` all go to ``generate`` (``max_new_tokens=...``); with no
+        ``inputs``, ``tracer.invoke(...)`` blocks give the prompts, batched into one call.
+        ``tracer.output`` is what ``generate`` returned. Only the first step's values are
+        scanned (later steps, with a KV cache, have other shapes): the rest have unknown
+        proxy values.
+        """
+        if not callable(getattr(self._model, "generate", None)):
+            raise TypeError(
+                f"{type(self._model).__name__} has no generate() method; use model.trace(...)"
+            )
+        return Tracer(self, inputs, {}, validate=validate, scan=scan, generate=kwargs)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._model(*args, **kwargs)
 
