@@ -28,6 +28,17 @@ def test_saved_outputs_match_forward_hooks() -> None:
     assert torch.equal(out.value, expected[2][0])
 
 
+def test_tracer_output_is_what_the_edited_run_returned() -> None:
+    net = mlp()
+    model = NNsight(net)
+    x = torch.randn(4, 8)
+    with model.trace(x) as tracer:
+        assert tracer.output is None  # not run yet
+        model[1].output[:] = 0
+    expected = net[2:](torch.zeros(4, net[0].out_features))
+    assert torch.allclose(tracer.output, expected)
+
+
 def test_in_place_edit_changes_the_live_activation() -> None:
     net = mlp()
     model = NNsight(net)
