@@ -49,9 +49,8 @@ fn run(g: &mut Graph<V>, released: &mut Vec<V>) {
     let root = g.root().expect("root");
     g.set_value(root, NonZeroU64::MIN, released)
         .expect("set root");
-    g.drain(0, released, |g, id| {
-        let dep = g.dependencies(id)?[0];
-        let prev = g.value(dep)?.copied().unwrap_or(NonZeroU64::MIN);
+    g.drain(0, released, |node| {
+        let prev = node.input(0).copied().unwrap_or(NonZeroU64::MIN);
         Ok::<_, nnsight_core::GraphError>(Some(prev.saturating_add(1)))
     })
     .expect("drain");

@@ -23,9 +23,11 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::{smallvec, SmallVec};
 
+use crate::adjacency::{row, Adjacency, DEPS, LISTENERS};
+use crate::counts::{Counts, Excess, Which};
 use crate::error::GraphError;
 use crate::names::Names;
 
@@ -37,6 +39,27 @@ pub const ROOT_ARGUMENT: &str = "nnsight_root_module";
 
 /// Argument keys a new graph has room for: the root plus a trace's first module reads.
 const ARGUMENTS_RESERVED: usize = 16;
+
+/// Stores from outside a drain a run may make before its counts switch to checked arithmetic.
+///
+/// The hot loop decrements 16-bit count fields without testing for overflow. A count only goes
+/// below zero when a node is stored more than once, and each extra store takes it at most one
+/// further down; only a store from outside a drain ([`Graph::set_value`]) can be such a second
+/// store (a drain runs each node at most once, since a count reaches zero only once), so after
+/// `compile` no field can fall below `-UNCHECKED_STORES` (far above `i16::MIN`) until this many
+/// such stores have been made. Counts set from outside and nodes added after `compile` switch
+/// to checked arithmetic at once; `compile` switches back.
+const UNCHECKED_STORES: u32 = 16_384;
+
+/// Bits of [`Graph`]'s per-node `flags`, the one byte the hot loop reads per node.
+mod flag {
+    /// Put on the ready stack once fulfilled: an executable kind, not found dead.
+    pub const RUNS: u8 = 1;
+    /// A `swap` node: taken off the ready stack as the pending swap, not executed.
+    pub const SWAP: u8 = 2;
+    /// A count of this node has been wider than its 16-bit field (see [`crate::counts`]).
+    pub const WIDE: u8 = 4;
+}
 
 /// What kind of node this is, derived from its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,29 +98,29 @@ pub enum Event {
 /// reference in the bindings, a number in tests and benches).
 ///
 /// Invariant the hot loop relies on: every per-node vector has exactly [`Graph::len`] entries
-/// (`dep_offsets` one more), every id stored in an edge list or on the ready stack is below
-/// `len`, and the listener CSR, when fresh, covers all `len` nodes. Only [`Graph::add_node`]
-/// adds nodes, checking each dependency first, and nothing ever removes one.
+/// (the adjacency's offsets one more), every id stored in an edge list or on the ready stack is
+/// below `len`, and the adjacency's listener half, when fresh, covers all `len` nodes. Only
+/// [`Graph::add_node`] adds nodes, checking each dependency first, and nothing ever removes one.
 #[derive(Debug)]
 pub struct Graph<V> {
     names: Names,
     kinds: Vec<Kind>,
-    /// Whether a node is put on the ready stack once fulfilled: an executable kind that
-    /// [`Graph::eliminate_dead_code`] did not find dead.
-    runs: Vec<bool>,
+    /// [`flag`] bits per node.
+    flags: Vec<u8>,
     /// Nodes [`Graph::eliminate_dead_code`] found dead (empty when it is not in effect).
     dead: Vec<NodeId>,
-    /// Dependencies in CSR form: node `i`'s are `dep_edges[dep_offsets[i]..dep_offsets[i + 1]]`.
-    /// Append-only, since a node's dependencies are fixed when it is added.
-    dep_offsets: Vec<u32>,
-    dep_edges: Vec<NodeId>,
-    /// Listeners in CSR form, derived from the dependencies: rebuilt by `compile` (or a
-    /// `set_value` or `listeners` call) once nodes were added since the last build. Adding a
-    /// node thus allocates nothing per node: a list per node cost a `malloc` per traced op.
-    listener_csr: Csr,
-    /// Edge counts, copied into `remaining` by [`Graph::compile`] in one pass.
+    /// Dependencies and listeners. The listeners are rebuilt by `compile` (or a `set_value` or
+    /// `listeners` call) once nodes were added since the last build.
+    adjacency: Adjacency,
+    /// Edge counts, copied into `remaining` by [`Graph::compile`] in one pass, with the parts
+    /// that do not fit 16 bits in `initial_excess` (copied into `excess`).
     initial: Vec<Counts>,
+    initial_excess: Excess,
     remaining: Vec<Counts>,
+    excess: Excess,
+    /// Stores from outside a drain left before counts need checked arithmetic; 0 when they do.
+    /// See [`UNCHECKED_STORES`].
+    unchecked_stores_left: u32,
     values: Vec<Option<V>>,
     /// Argument key -> the `argument` nodes registered under it, keys in first-use order. A
     /// trace makes one key per module value read, so each key is one allocation, shared with
@@ -111,67 +134,6 @@ pub struct Graph<V> {
     ready: Vec<NodeId>,
     swap: Option<NodeId>,
     events: Option<Vec<Event>>,
-}
-
-/// A node's listener and dependency counts, side by side: propagation touches both for
-/// neighbouring nodes, and `compile` resets them with one copy.
-#[derive(Clone, Copy, Debug, Default)]
-struct Counts {
-    listeners: i32,
-    dependencies: i32,
-}
-
-/// A flattened adjacency list.
-#[derive(Debug, Default)]
-struct Csr {
-    offsets: Vec<u32>,
-    edges: Vec<NodeId>,
-    /// Number of nodes it was built for; stale once more nodes exist.
-    nodes: usize,
-}
-
-impl Csr {
-    /// The transpose of the dependency CSR of `nodes` nodes: node `d`'s row lists every `i`
-    /// with `d` among its dependencies, in increasing `i` (a counting sort).
-    fn transpose(&mut self, dep_offsets: &[u32], dep_edges: &[NodeId], nodes: usize) {
-        self.offsets.clear();
-        self.offsets.resize(nodes + 1, 0);
-        for &dep in dep_edges {
-            self.offsets[dep as usize + 1] += 1;
-        }
-        for i in 0..nodes {
-            self.offsets[i + 1] += self.offsets[i];
-        }
-        self.edges.clear();
-        self.edges.resize(dep_edges.len(), 0);
-        // `fill[d]`: where node `d`'s next listener goes (its row start, moving on).
-        let mut fill = self.offsets[..nodes].to_vec();
-        for i in 0..nodes {
-            for &dep in csr_row(dep_offsets, dep_edges, i) {
-                let slot = &mut fill[dep as usize];
-                self.edges[*slot as usize] = i as NodeId;
-                *slot += 1;
-            }
-        }
-        self.nodes = nodes;
-    }
-
-    /// Node `i`'s list; `i` must be below the node count it was built for.
-    #[inline]
-    fn get(&self, i: usize) -> &[NodeId] {
-        csr_row(&self.offsets, &self.edges, i)
-    }
-}
-
-/// Row `i` of a flattened adjacency list, `edges[offsets[i]..offsets[i + 1]]`, unchecked: the
-/// offsets are written non-decreasing and ending at `edges.len()`, and `i` is a node id below the
-/// number of rows (all checked in debug builds).
-#[inline(always)]
-fn csr_row<'a>(offsets: &[u32], edges: &'a [NodeId], i: usize) -> &'a [NodeId] {
-    let (start, end) = (*at(offsets, i) as usize, *at(offsets, i + 1) as usize);
-    debug_assert!(start <= end && end <= edges.len());
-    // SAFETY: `Csr::rebuild` and `Graph::add_node`, the only writers, keep that shape.
-    unsafe { edges.get_unchecked(start..end) }
 }
 
 /// `slice[i]` for an index that [`Graph`]'s invariant keeps in bounds (checked in debug builds).
@@ -191,32 +153,90 @@ fn at_mut<T>(slice: &mut [T], i: usize) -> &mut T {
     unsafe { slice.get_unchecked_mut(i) }
 }
 
-/// Takes one remaining dependency from each listener; one left with none that runs goes on the
-/// ready stack. Listeners are pushed in reverse, so the first-registered is popped first.
-#[inline(always)]
-fn notify_listeners(
-    listeners: &[NodeId],
-    remaining: &mut [Counts],
-    runs: &[bool],
-    ready: &mut Vec<NodeId>,
-) {
-    // The stack's length lives in a register for the loop: pushed through a raw pointer into
-    // capacity reserved up front, so no count update can make the compiler reload it.
-    ready.reserve(listeners.len());
-    let top = ready.as_mut_ptr();
-    let mut len = ready.len();
-    for &listener in listeners.iter().rev() {
-        let l = listener as usize;
-        let count = &mut at_mut(remaining, l).dependencies;
-        *count -= 1;
-        if *count == 0 && *at(runs, l) {
-            // SAFETY: at most `listeners.len()` pushes, into the capacity reserved above.
-            unsafe { top.add(len).write(listener) };
-            len += 1;
+/// The ready stack during a propagation: its buffer, length and capacity held in locals, so the
+/// hot loop keeps them in registers instead of reloading the `Vec` after every count it writes.
+/// The length is written back when the stack grows and when this is dropped.
+struct Stack<'g> {
+    vec: &'g mut Vec<NodeId>,
+    top: *mut NodeId,
+    len: usize,
+    cap: usize,
+}
+
+impl<'g> Stack<'g> {
+    #[inline(always)]
+    fn new(vec: &'g mut Vec<NodeId>) -> Self {
+        Self {
+            top: vec.as_mut_ptr(),
+            len: vec.len(),
+            cap: vec.capacity(),
+            vec,
         }
     }
-    // SAFETY: every slot below `len` was initialised (the old length, or written above).
-    unsafe { ready.set_len(len) };
+
+    /// Takes the top entry if the stack is deeper than `base`.
+    #[inline(always)]
+    fn pop_above(&mut self, base: usize) -> Option<NodeId> {
+        if self.len <= base {
+            return None;
+        }
+        self.len -= 1;
+        // SAFETY: `len` was below the length, so the slot is initialised.
+        Some(unsafe { self.top.add(self.len).read() })
+    }
+
+    /// Makes room for `n` more entries.
+    #[inline(always)]
+    fn reserve(&mut self, n: usize) {
+        if self.cap - self.len < n {
+            (self.top, self.cap) = grow(self.vec, self.len, n);
+        }
+    }
+
+    /// Checks that room for `n` more entries was made before the run (see
+    /// [`Graph::compile`]): unchecked runs push each node at most once. Failing is a bug; it
+    /// panics rather than grow, so the hot loop makes no call that returns.
+    #[inline(always)]
+    fn assert_room(&self, n: usize) {
+        if self.cap - self.len < n {
+            no_room(self.len, n);
+        }
+    }
+
+    /// Pushes into room made by [`Stack::reserve`].
+    #[inline(always)]
+    fn push_reserved(&mut self, id: NodeId) {
+        debug_assert!(self.len < self.cap);
+        // SAFETY: callers reserve first, so `len < cap`.
+        unsafe { self.top.add(self.len).write(id) };
+        self.len += 1;
+    }
+}
+
+impl Drop for Stack<'_> {
+    fn drop(&mut self) {
+        // SAFETY: every slot below `len` is initialised (the old length, or pushed since).
+        unsafe { self.vec.set_len(self.len) };
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn no_room(len: usize, n: usize) -> ! {
+    panic!(
+        "ready stack full at {len} entries, {n} more: unchecked runs push each node at most once"
+    )
+}
+
+/// Grows the ready stack to hold `len + n` entries; returns its buffer and capacity. Takes the
+/// length by value so the caller's copy never has its address taken.
+#[cold]
+#[inline(never)]
+fn grow(vec: &mut Vec<NodeId>, len: usize, n: usize) -> (*mut NodeId, usize) {
+    // SAFETY: every slot below `len` is initialised.
+    unsafe { vec.set_len(len) };
+    vec.reserve(n.max(vec.capacity()));
+    (vec.as_mut_ptr(), vec.capacity())
 }
 
 /// `dst.copy_from_slice(src)`, done in 256-byte pieces.
@@ -236,6 +256,176 @@ fn copy_in_pieces<T: Copy>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// What the host sees of the node it executes in [`Graph::drain`]: its id, its dependencies in
+/// order, and their values.
+pub struct Inputs<'g, V> {
+    id: NodeId,
+    dependencies: &'g [NodeId],
+    values: &'g [Option<V>],
+}
+
+impl<'g, V> Inputs<'g, V> {
+    /// The node being executed.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Its dependencies, in order of first appearance (as [`Graph::dependencies`]).
+    pub fn dependencies(&self) -> &'g [NodeId] {
+        self.dependencies
+    }
+
+    /// The value of its `k`-th dependency: `None` past the last one or when not set.
+    #[inline]
+    pub fn input(&self, k: usize) -> Option<&'g V> {
+        let dep = *self.dependencies.get(k)?;
+        // Dependencies are node ids, below the node count (the `Graph` invariant).
+        at(self.values, dep as usize).as_ref()
+    }
+
+    /// The values of all its dependencies, in order (`None` for one not set).
+    pub fn inputs(&self) -> impl ExactSizeIterator<Item = Option<&'g V>> + '_ {
+        (0..self.dependencies.len()).map(|k| self.input(k))
+    }
+}
+
+/// The state that setting a value reads and changes, borrowed field by field from a [`Graph`]
+/// whose listeners are fresh (see [`Graph::split`]), so the hot loop holds each in a register.
+struct Propagation<'g, V> {
+    offsets: &'g [[u32; 2]],
+    edges: &'g [NodeId],
+    flags: &'g [u8],
+    remaining: &'g mut [Counts],
+    excess: &'g mut Excess,
+    values: &'g mut [Option<V>],
+    ready: Stack<'g>,
+    events: &'g mut Option<Vec<Event>>,
+}
+
+impl<'g, V> Propagation<'g, V> {
+    /// Node `id`'s dependencies; `id` must be below the node count.
+    #[inline(always)]
+    fn dependencies(&self, id: NodeId) -> &'g [NodeId] {
+        row(self.offsets, self.edges, id as usize, DEPS)
+    }
+
+    /// Takes one from a count of node `id`; returns whether the whole count reached zero.
+    ///
+    /// Unchecked (the hot loop): a plain decrement of the 16-bit field, looking further only
+    /// when it reaches zero on a node flagged wide. Checked: exact at any size. See
+    /// [`UNCHECKED_STORES`] for when the unchecked one is exact.
+    #[inline(always)]
+    fn take_one<const CHECKED: bool>(&mut self, id: NodeId, which: Which) -> bool {
+        let field = at_mut(self.remaining, id as usize).field_mut(which);
+        if CHECKED {
+            return self.excess.take_one(field, id, which);
+        }
+        *field -= 1;
+        if *field != 0 {
+            return false;
+        }
+        if at(self.flags, id as usize) & flag::WIDE == 0 {
+            return true;
+        }
+        // Kept out of line by the hint (a call here would cost the whole loop registers).
+        std::hint::cold_path();
+        self.excess.refill(field, id, which)
+    }
+
+    /// Sets node `id`'s value and propagates (see the module docs). `RECORD`: whether events
+    /// are on; `CHECKED`: whether counts need checked arithmetic.
+    #[inline(always)]
+    fn store<const RECORD: bool, const CHECKED: bool>(
+        &mut self,
+        id: NodeId,
+        value: V,
+        released: &mut Vec<V>,
+    ) {
+        let deps = self.dependencies(id);
+        self.store_with::<RECORD, CHECKED>(id, deps, value, released);
+    }
+
+    /// [`Propagation::store`] given node `id`'s dependencies. The hot loop: every index is an id
+    /// or offset that the [`Graph`] invariant keeps in bounds, so nothing is bounds-checked
+    /// (except in debug builds).
+    #[inline(always)]
+    fn store_with<const RECORD: bool, const CHECKED: bool>(
+        &mut self,
+        id: NodeId,
+        deps: &[NodeId],
+        value: V,
+        released: &mut Vec<V>,
+    ) {
+        debug_assert_eq!(RECORD, self.events.is_some());
+        let i = id as usize;
+        if let Some(old) = at_mut(self.values, i).replace(value) {
+            defer_drop(old, released);
+        }
+        if RECORD {
+            if let Some(events) = self.events {
+                events.push(Event::Set(id));
+            }
+        }
+        for &dep in deps {
+            if self.take_one::<CHECKED>(dep, Which::Listeners) {
+                release::<V, RECORD>(self.values, self.events, dep, released);
+            }
+        }
+        // Listeners are pushed in reverse, so the first-registered is popped first.
+        let listeners = row(self.offsets, self.edges, i, LISTENERS);
+        if CHECKED {
+            self.ready.reserve(listeners.len());
+        } else {
+            self.ready.assert_room(listeners.len());
+        }
+        for &listener in listeners.iter().rev() {
+            if self.take_one::<CHECKED>(listener, Which::Dependencies)
+                && at(self.flags, listener as usize) & flag::RUNS != 0
+            {
+                self.ready.push_reserved(listener);
+            }
+        }
+        let redundant = if CHECKED {
+            let field = at(self.remaining, i).listeners;
+            self.excess.count(field, id, Which::Listeners) == 0
+        } else {
+            // Unchecked, a zero field is a zero count: a wide one is refilled as it reaches zero.
+            at(self.remaining, i).listeners == 0
+        };
+        if redundant {
+            release::<V, RECORD>(self.values, self.events, id, released);
+        }
+    }
+}
+
+/// Releases a node's value into `released` (nnsight's `destroy`), recording the event if
+/// `RECORD` and events are on.
+#[inline(always)]
+fn release<V, const RECORD: bool>(
+    values: &mut [Option<V>],
+    events: &mut Option<Vec<Event>>,
+    id: NodeId,
+    released: &mut Vec<V>,
+) {
+    if let Some(value) = at_mut(values, id as usize).take() {
+        defer_drop(value, released);
+        if RECORD {
+            if let Some(events) = events {
+                events.push(Event::Destroy(id));
+            }
+        }
+    }
+}
+
+/// Hands a released value to the caller, who drops it when that is safe (a Python object's
+/// finaliser may call back into the graph). Values with no drop glue are simply forgotten.
+#[inline(always)]
+fn defer_drop<V>(value: V, released: &mut Vec<V>) {
+    if std::mem::needs_drop::<V>() {
+        released.push(value);
+    }
+}
+
 impl<V> Default for Graph<V> {
     fn default() -> Self {
         Self::new()
@@ -251,18 +441,17 @@ impl<V> Graph<V> {
     /// vector grows: a graph made per trace would otherwise reallocate each of them several
     /// times while its first few dozen nodes are added.
     pub fn with_capacity(nodes: usize) -> Self {
-        let mut dep_offsets = Vec::with_capacity(nodes + 1);
-        dep_offsets.push(0);
         Self {
             names: Names::with_capacity(nodes),
             kinds: Vec::with_capacity(nodes),
-            runs: Vec::with_capacity(nodes),
+            flags: Vec::with_capacity(nodes),
             dead: Vec::new(),
-            dep_offsets,
-            dep_edges: Vec::with_capacity(nodes),
-            listener_csr: Csr::default(),
+            adjacency: Adjacency::with_capacity(nodes),
             initial: Vec::with_capacity(nodes),
+            initial_excess: Excess::default(),
             remaining: Vec::with_capacity(nodes),
+            excess: Excess::default(),
+            unchecked_stores_left: 0,
             values: Vec::with_capacity(nodes),
             arguments: Vec::with_capacity(ARGUMENTS_RESERVED),
             argument_slots: FxHashMap::with_capacity_and_hasher(
@@ -323,26 +512,49 @@ impl<V> Graph<V> {
             self.revive_all();
         }
         let id = self.kinds.len() as NodeId;
-        let start = self.dep_edges.len();
+        self.adjacency.begin_node();
+        // Edges are recorded once each. A scan of the few recorded so far is cheapest for the
+        // usual handful; a set keeps a wide fan-in (`torch.cat` of many proxies) linear.
+        let mut seen = (dependencies.len() > 32)
+            .then(|| FxHashSet::with_capacity_and_hasher(dependencies.len(), Default::default()));
         for &dep in dependencies {
-            if !self.dep_edges[start..].contains(&dep) {
-                self.dep_edges.push(dep);
-                self.initial[dep as usize].listeners += 1;
+            let new = match &mut seen {
+                Some(seen) => seen.insert(dep),
+                None => !self.adjacency.pending_dependencies().contains(&dep),
+            };
+            if new {
+                self.adjacency.push_dependency(dep);
+                let d = dep as usize;
+                let field = &mut self.initial[d].listeners;
+                if self.initial_excess.add_one(field, dep, Which::Listeners) {
+                    self.flags[d] |= flag::WIDE;
+                }
             }
         }
-        if self.dep_edges.len() == start && kind.executes() {
+        let deps = self.adjacency.pending_dependencies().len();
+        if deps == 0 && kind.executes() {
             self.roots.push(id);
         }
-        self.dep_offsets.push(self.dep_edges.len() as u32);
+        self.adjacency.end_node();
         self.names.insert(chosen, target_name, id);
         self.kinds.push(kind);
-        self.runs.push(kind.executes());
-        self.initial.push(Counts {
-            listeners: 0,
-            dependencies: (self.dep_edges.len() - start) as i32,
-        });
+        let mut counts = Counts::default();
+        let wide = self.initial_excess.set(
+            &mut counts.dependencies,
+            id,
+            Which::Dependencies,
+            deps as i64,
+        );
+        self.initial.push(counts);
+        self.flags.push(
+            if kind.executes() { flag::RUNS } else { 0 }
+                | if kind == Kind::Swap { flag::SWAP } else { 0 }
+                | if wide { flag::WIDE } else { 0 },
+        );
         self.remaining.push(Counts::default());
         self.values.push(None);
+        // The run in progress, if any, counted without this node: see `UNCHECKED_STORES`.
+        self.unchecked_stores_left = 0;
         if let Some(key) = argument_key {
             if key == ROOT_ARGUMENT {
                 self.root = Some(id);
@@ -367,11 +579,20 @@ impl<V> Graph<V> {
         self.release_all(released);
         self.fresh_listeners();
         copy_in_pieces(&mut self.remaining, &self.initial);
+        self.excess.clone_from(&self.initial_excess);
+        self.unchecked_stores_left = UNCHECKED_STORES;
         self.ready.clear();
+        // Room for every node: an unchecked run pushes each at most once, since its count of
+        // dependencies only falls and so reaches zero once.
+        self.ready.reserve(self.len());
         self.swap = None;
-        let runs = &self.runs;
-        self.ready
-            .extend(self.roots.iter().rev().filter(|&&id| runs[id as usize]));
+        let flags = &self.flags;
+        self.ready.extend(
+            self.roots
+                .iter()
+                .rev()
+                .filter(|&&id| flags[id as usize] & flag::RUNS != 0),
+        );
     }
 
     /// Marks every node that cannot affect a result as dead, and returns the dead ids.
@@ -402,7 +623,7 @@ impl<V> Graph<V> {
         let mut listeners = vec![0; self.len()];
         let mut dead = Vec::new();
         for (i, &is_live) in live.iter().enumerate() {
-            self.runs[i] = is_live && self.kinds[i].executes();
+            self.set_runs(i, is_live && self.kinds[i].executes());
             if !is_live {
                 dead.push(i as NodeId);
                 continue;
@@ -411,25 +632,43 @@ impl<V> Graph<V> {
                 listeners[dep as usize] += 1;
             }
         }
-        for (counts, listeners) in self.initial.iter_mut().zip(listeners) {
-            counts.listeners = listeners;
-        }
+        self.set_initial_listeners(&listeners);
         self.dead.clone_from(&dead);
         Ok(dead)
     }
 
     /// Undoes [`Graph::eliminate_dead_code`]: every node is live again.
     pub fn revive_all(&mut self) {
-        for counts in &mut self.initial {
-            counts.listeners = 0;
+        let mut listeners = vec![0; self.len()];
+        for &dep in self.adjacency.all_dependencies() {
+            listeners[dep as usize] += 1;
         }
-        for &dep in &self.dep_edges {
-            self.initial[dep as usize].listeners += 1;
-        }
-        for (runs, kind) in self.runs.iter_mut().zip(&self.kinds) {
-            *runs = kind.executes();
+        self.set_initial_listeners(&listeners);
+        for i in 0..self.len() {
+            self.set_runs(i, self.kinds[i].executes());
         }
         self.dead.clear();
+    }
+
+    fn set_runs(&mut self, i: usize, runs: bool) {
+        if runs {
+            self.flags[i] |= flag::RUNS;
+        } else {
+            self.flags[i] &= !flag::RUNS;
+        }
+    }
+
+    /// Sets every node's initial listener count.
+    fn set_initial_listeners(&mut self, listeners: &[i64]) {
+        for (i, &count) in listeners.iter().enumerate() {
+            let field = &mut self.initial[i].listeners;
+            if self
+                .initial_excess
+                .set(field, i as NodeId, Which::Listeners, count)
+            {
+                self.flags[i] |= flag::WIDE;
+            }
+        }
     }
 
     /// The nodes found dead by the last [`Graph::eliminate_dead_code`] still in effect.
@@ -446,92 +685,61 @@ impl<V> Graph<V> {
         released: &mut Vec<V>,
     ) -> Result<(), GraphError> {
         self.check(id)?;
+        // Possibly a second store of this node: see `UNCHECKED_STORES`.
+        self.unchecked_stores_left = self.unchecked_stores_left.saturating_sub(1);
         self.store(id, value, released);
         Ok(())
     }
 
     /// [`Graph::set_value`] for an id known to be valid (checked, or taken off the ready stack).
-    ///
-    /// The hot loop. Each field is borrowed on its own so the edge walks can take them as
-    /// separate slices, and `notify_listeners` keeps the ready stack's length in a register.
-    /// Every index below is an id or offset that the struct invariant keeps in bounds, so it
-    /// indexes without bounds checks (still checked in debug builds).
-    #[inline(always)]
+    #[inline]
     fn store(&mut self, id: NodeId, value: V, released: &mut Vec<V>) {
         debug_assert!((id as usize) < self.len());
         self.fresh_listeners(); // nodes may have been added since `compile`
-        let i = id as usize;
+        let checked = self.unchecked_stores_left == 0;
+        let (mut propagation, _) = self.split();
+        match (propagation.events.is_some(), checked) {
+            (false, false) => propagation.store::<false, false>(id, value, released),
+            (false, true) => propagation.store::<false, true>(id, value, released),
+            (true, false) => propagation.store::<true, false>(id, value, released),
+            (true, true) => propagation.store::<true, true>(id, value, released),
+        }
+    }
+
+    /// Borrows the state a propagation changes apart from the slot of the pending swap, so the
+    /// hot loop keeps every slice in a register.
+    fn split(&mut self) -> (Propagation<'_, V>, &mut Option<NodeId>) {
         let Self {
-            values,
-            events,
-            dep_offsets,
-            dep_edges,
+            flags,
+            adjacency,
             remaining,
-            listener_csr,
-            runs,
+            excess,
+            values,
             ready,
+            swap,
+            events,
             ..
         } = self;
-        if let Some(old) = at_mut(values, i).replace(value) {
-            Self::defer_drop(old, released);
-        }
-        if let Some(events) = events {
-            events.push(Event::Set(id));
-        }
-        let deps = csr_row(dep_offsets, dep_edges, i);
-        Self::release_dependencies(deps, remaining, values, events, released);
-        notify_listeners(listener_csr.get(i), remaining, runs, ready);
-        if at(remaining, i).listeners == 0 {
-            Self::release(values, events, id, released);
-        }
-    }
-
-    /// Takes one remaining listener from each dependency; one left with none is released.
-    #[inline(always)]
-    fn release_dependencies(
-        deps: &[NodeId],
-        remaining: &mut [Counts],
-        values: &mut [Option<V>],
-        events: &mut Option<Vec<Event>>,
-        released: &mut Vec<V>,
-    ) {
-        for &dep in deps {
-            let count = &mut at_mut(remaining, dep as usize).listeners;
-            *count -= 1;
-            if *count == 0 {
-                Self::release(values, events, dep, released);
-            }
-        }
-    }
-
-    /// Hands a released value to the caller, who drops it when that is safe (a Python object's
-    /// finaliser may call back into the graph). Values with no drop glue are simply forgotten.
-    #[inline]
-    fn defer_drop(value: V, released: &mut Vec<V>) {
-        if std::mem::needs_drop::<V>() {
-            released.push(value);
-        }
+        (
+            Propagation {
+                offsets: adjacency.parts().0,
+                edges: adjacency.parts().1,
+                flags,
+                remaining,
+                excess,
+                values,
+                ready: Stack::new(ready),
+                events,
+            },
+            swap,
+        )
     }
 
     /// Releases a node's value (nnsight's `destroy`).
     pub fn destroy(&mut self, id: NodeId, released: &mut Vec<V>) -> Result<(), GraphError> {
         self.check(id)?;
-        Self::release(&mut self.values, &mut self.events, id, released);
+        release::<V, true>(&mut self.values, &mut self.events, id, released);
         Ok(())
-    }
-
-    fn release(
-        values: &mut [Option<V>],
-        events: &mut Option<Vec<Event>>,
-        id: NodeId,
-        released: &mut Vec<V>,
-    ) {
-        if let Some(value) = at_mut(values, id as usize).take() {
-            Self::defer_drop(value, released);
-            if let Some(events) = events {
-                events.push(Event::Destroy(id));
-            }
-        }
     }
 
     /// Abandons the current execution: empties the ready stack, drops the pending swap and
@@ -542,10 +750,10 @@ impl<V> Graph<V> {
         self.release_all(released);
     }
 
-    /// Derives the listener CSR from the dependencies when nodes were added since it was built.
+    /// Derives the listeners from the dependencies when nodes were added since they were.
     #[inline(always)]
     fn fresh_listeners(&mut self) {
-        if self.listener_csr.nodes != self.len() {
+        if !self.adjacency.listeners_fresh() {
             self.rebuild_listeners();
         }
     }
@@ -553,9 +761,7 @@ impl<V> Graph<V> {
     #[cold]
     #[inline(never)]
     fn rebuild_listeners(&mut self) {
-        let nodes = self.len();
-        self.listener_csr
-            .transpose(&self.dep_offsets, &self.dep_edges, nodes);
+        self.adjacency.rebuild_listeners();
     }
 
     /// Releases every value; values without drop glue are just cleared (a plain memory fill).
@@ -585,26 +791,59 @@ impl<V> Graph<V> {
     }
 
     /// Executes ready nodes above `base` until none are left. `execute` computes a node's value
-    /// (`Ok(None)`: the node sets no value now, as `grad` nodes do); `Swap` nodes are handled here.
-    /// On error the execution is aborted (see [`Graph::abort`]) and the error returned.
+    /// from its [`Inputs`] (`Ok(None)`: the node sets no value now, as `grad` nodes do); `Swap`
+    /// nodes are handled here. On error the execution is aborted (see [`Graph::abort`]) and the
+    /// error returned.
     pub fn drain<E>(
         &mut self,
         base: usize,
         released: &mut Vec<V>,
-        mut execute: impl FnMut(&Self, NodeId) -> Result<Option<V>, E>,
+        execute: impl FnMut(&Inputs<'_, V>) -> Result<Option<V>, E>,
     ) -> Result<(), E> {
-        while let Some(id) = self.pop_ready(base) {
-            if *at(&self.kinds, id as usize) == Kind::Swap {
-                self.swap = Some(id);
+        // `execute` cannot add nodes or set values, so the listeners, fresh now, stay fresh, and
+        // the counts' arithmetic stays what it is now, for the whole drain.
+        self.fresh_listeners();
+        let checked = self.unchecked_stores_left == 0;
+        let result = match (self.events.is_some(), checked) {
+            (false, false) => self.drain_frame::<false, false, E>(base, released, execute),
+            (false, true) => self.drain_frame::<false, true, E>(base, released, execute),
+            (true, false) => self.drain_frame::<true, false, E>(base, released, execute),
+            (true, true) => self.drain_frame::<true, true, E>(base, released, execute),
+        };
+        if result.is_err() {
+            self.abort(released);
+        }
+        result
+    }
+
+    /// [`Graph::drain`]'s loop, with the recording of events and the counts' arithmetic decided
+    /// once.
+    #[inline(always)]
+    fn drain_frame<const RECORD: bool, const CHECKED: bool, E>(
+        &mut self,
+        base: usize,
+        released: &mut Vec<V>,
+        mut execute: impl FnMut(&Inputs<'_, V>) -> Result<Option<V>, E>,
+    ) -> Result<(), E> {
+        let (mut propagation, swap) = self.split();
+        while let Some(id) = propagation.ready.pop_above(base) {
+            if RECORD {
+                if let Some(events) = propagation.events {
+                    events.push(Event::Execute(id));
+                }
+            }
+            if at(propagation.flags, id as usize) & flag::SWAP != 0 {
+                *swap = Some(id);
                 continue;
             }
-            match execute(self, id) {
-                Ok(Some(value)) => self.store(id, value, released),
-                Ok(None) => {}
-                Err(err) => {
-                    self.abort(released);
-                    return Err(err);
-                }
+            let dependencies = propagation.dependencies(id);
+            let inputs = Inputs {
+                id,
+                dependencies,
+                values: propagation.values,
+            };
+            if let Some(value) = execute(&inputs)? {
+                propagation.store_with::<RECORD, CHECKED>(id, dependencies, value, released);
             }
         }
         Ok(())
@@ -645,12 +884,12 @@ impl<V> Graph<V> {
         Ok(self.kinds[id as usize])
     }
 
-    /// The nodes that depend on `id`, in the order they were added (the listener CSR is
-    /// rebuilt first if nodes were added since it was built).
+    /// The nodes that depend on `id`, in the order they were added (the listeners are rebuilt
+    /// first if nodes were added since they were).
     pub fn listeners(&mut self, id: NodeId) -> Result<&[NodeId], GraphError> {
         self.check(id)?;
         self.fresh_listeners();
-        Ok(self.listener_csr.get(id as usize))
+        Ok(self.adjacency.listeners(id as usize))
     }
 
     pub fn dependencies(&self, id: NodeId) -> Result<&[NodeId], GraphError> {
@@ -661,28 +900,41 @@ impl<V> Graph<V> {
     /// Node `i`'s dependencies; `i` must be below [`Graph::len`].
     #[inline]
     fn deps_of(&self, i: usize) -> &[NodeId] {
-        csr_row(&self.dep_offsets, &self.dep_edges, i)
+        self.adjacency.dependencies(i)
     }
 
     pub fn remaining_listeners(&self, id: NodeId) -> Result<i32, GraphError> {
-        self.check(id)?;
-        Ok(self.remaining[id as usize].listeners)
+        self.remaining_count(id, Which::Listeners)
     }
 
     pub fn remaining_dependencies(&self, id: NodeId) -> Result<i32, GraphError> {
-        self.check(id)?;
-        Ok(self.remaining[id as usize].dependencies)
+        self.remaining_count(id, Which::Dependencies)
     }
 
     pub fn set_remaining_listeners(&mut self, id: NodeId, n: i32) -> Result<(), GraphError> {
-        self.check(id)?;
-        self.remaining[id as usize].listeners = n;
-        Ok(())
+        self.set_remaining_count(id, Which::Listeners, n)
     }
 
     pub fn set_remaining_dependencies(&mut self, id: NodeId, n: i32) -> Result<(), GraphError> {
+        self.set_remaining_count(id, Which::Dependencies, n)
+    }
+
+    fn remaining_count(&self, id: NodeId, which: Which) -> Result<i32, GraphError> {
         self.check(id)?;
-        self.remaining[id as usize].dependencies = n;
+        let field = self.remaining[id as usize].field(which);
+        let count = self.excess.count(field, id, which);
+        // Only a run with more than 2^31 extra stores of one node could leave i32.
+        Ok(count.clamp(i32::MIN.into(), i32::MAX.into()) as i32)
+    }
+
+    fn set_remaining_count(&mut self, id: NodeId, which: Which, n: i32) -> Result<(), GraphError> {
+        self.check(id)?;
+        let field = self.remaining[id as usize].field_mut(which);
+        if self.excess.set(field, id, which, n.into()) {
+            self.flags[id as usize] |= flag::WIDE;
+        }
+        // A count set from outside may be anything: see `UNCHECKED_STORES`.
+        self.unchecked_stores_left = 0;
         Ok(())
     }
 
@@ -767,10 +1019,10 @@ mod tests {
         unboxed(released)
     }
 
-    fn sum_of_deps(g: &G, id: NodeId) -> Result<Option<Box<i64>>, GraphError> {
+    fn sum_of_deps(node: &Inputs<Box<i64>>) -> Result<Option<Box<i64>>, GraphError> {
         let mut total = 1;
-        for &dep in g.dependencies(id)? {
-            total += **g.value(dep)?.expect("dependency has a value");
+        for value in node.inputs() {
+            total += **value.expect("dependency has a value");
         }
         Ok(Some(Box::new(total)))
     }
@@ -925,11 +1177,11 @@ mod tests {
         let mut released = Vec::new();
         g.compile(&mut released);
         g.set_value(r, Box::new(1), &mut released).unwrap();
-        let result = g.drain(0, &mut released, |g, id| {
-            if id == b {
+        let result = g.drain(0, &mut released, |node| {
+            if node.id() == b {
                 Err(GraphError::UnknownId(99))
             } else {
-                sum_of_deps(g, id)
+                sum_of_deps(node)
             }
         });
         assert_eq!(result, Err(GraphError::UnknownId(99)));
@@ -953,9 +1205,9 @@ mod tests {
         let base = g.frame_base();
         g.set_value(x, Box::new(1), &mut released).unwrap();
         let mut ran = Vec::new();
-        g.drain(base, &mut released, |g, id| {
-            ran.push(id);
-            sum_of_deps(g, id)
+        g.drain(base, &mut released, |node| {
+            ran.push(node.id());
+            sum_of_deps(node)
         })
         .unwrap();
         assert_eq!(ran, vec![b]);
@@ -1055,7 +1307,7 @@ mod tests {
     #[test]
     fn copy_in_pieces_copies_every_element_at_any_length() {
         for len in [0usize, 1, 31, 32, 33, 1000, 4097] {
-            let src: Vec<Counts> = (0..len as i32)
+            let src: Vec<Counts> = (0..len as i16)
                 .map(|i| Counts {
                     listeners: i,
                     dependencies: -i,
@@ -1063,10 +1315,7 @@ mod tests {
                 .collect();
             let mut dst = vec![Counts::default(); len];
             copy_in_pieces(&mut dst, &src);
-            assert!(dst
-                .iter()
-                .zip(&src)
-                .all(|(a, b)| (a.listeners, a.dependencies) == (b.listeners, b.dependencies)));
+            assert_eq!(dst, src);
         }
     }
 
@@ -1081,5 +1330,89 @@ mod tests {
         run_sum(&mut g, 0);
         assert_eq!(g.value(prev).unwrap().map(|v| **v), Some(200_000));
         assert_eq!(g.values().count(), 1);
+    }
+
+    /// More listeners and dependencies than a 16-bit count field holds (see `counts`).
+    const WIDE: i64 = 40_000;
+
+    #[test]
+    fn counts_wider_than_their_fields_are_exact() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let ops: Vec<NodeId> = (0..WIDE)
+            .map(|_| g.add_node(None, "add", Kind::Op, &[r], None).unwrap())
+            .collect();
+        let sum = g.add_node(None, "sum", Kind::Op, &ops, None).unwrap();
+        g.add_node(None, "null", Kind::Null, &[sum], None).unwrap();
+        let mut released = Vec::new();
+        g.compile(&mut released);
+        assert_eq!(g.remaining_listeners(r).unwrap(), WIDE as i32);
+        assert_eq!(g.remaining_dependencies(sum).unwrap(), WIDE as i32);
+        g.set_record_events(true);
+        g.set_value(r, Box::new(1), &mut released).unwrap();
+        g.drain(0, &mut released, sum_of_deps).unwrap();
+        assert_eq!(g.value(sum).unwrap().map(|v| **v), Some(1 + 2 * WIDE));
+        let events = g.take_events();
+        let at = |e: Event| events.iter().position(|&x| x == e).unwrap();
+        // The root is released when the last op has its value, not at an earlier refill.
+        let last = *ops.last().unwrap();
+        assert_eq!(at(Event::Destroy(r)), at(Event::Set(last)) + 1);
+        // The sum runs once, after every op.
+        let runs = events.iter().filter(|&&e| e == Event::Execute(sum)).count();
+        assert_eq!(runs, 1);
+        assert!(at(Event::Execute(sum)) > at(Event::Set(last)));
+        assert_eq!(g.remaining_listeners(r).unwrap(), 0);
+        assert_eq!(g.remaining_dependencies(sum).unwrap(), 0);
+    }
+
+    #[test]
+    fn counts_stay_exact_far_below_zero() {
+        // Storing `a` over and over from outside takes its dependency's listener count and its
+        // listener's dependency count far below zero: past `UNCHECKED_STORES` (where counting
+        // switches to checked arithmetic) and past what 16 bits hold. A debug build would panic
+        // on an unchecked overflow.
+        let mut g = G::new();
+        let r = root(&mut g);
+        let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
+        let b = g.add_node(None, "b", Kind::Op, &[a], None).unwrap();
+        let mut released = Vec::new();
+        g.compile(&mut released);
+        for _ in 0..WIDE {
+            g.set_value(a, Box::new(1), &mut released).unwrap();
+        }
+        assert_eq!(g.remaining_listeners(r).unwrap(), (1 - WIDE) as i32);
+        assert_eq!(g.remaining_dependencies(b).unwrap(), (1 - WIDE) as i32);
+        assert!(!g.fulfilled(b).unwrap());
+        let mut ran = 0;
+        g.drain(0, &mut released, |node| {
+            ran += 1;
+            sum_of_deps(node)
+        })
+        .unwrap();
+        assert_eq!(ran, 1, "b became ready once, on its count's one zero");
+        g.compile(&mut released);
+        assert_eq!(g.remaining_listeners(r).unwrap(), 1);
+        assert_eq!(g.remaining_dependencies(b).unwrap(), 1);
+    }
+
+    #[test]
+    fn counts_set_from_outside_may_be_any_i32() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let a = g.add_node(None, "a", Kind::Op, &[r], None).unwrap();
+        let mut released = Vec::new();
+        g.compile(&mut released);
+        for n in [i32::MAX, 100_000, 32_768, -32_769, i32::MIN + 1] {
+            g.set_remaining_dependencies(a, n).unwrap();
+            g.set_remaining_listeners(a, n).unwrap();
+            assert_eq!(g.remaining_dependencies(a).unwrap(), n);
+            assert_eq!(g.remaining_listeners(a).unwrap(), n);
+        }
+        // Two left: the first store of `r` leaves one, the second makes `a` ready.
+        g.set_remaining_dependencies(a, 2).unwrap();
+        g.set_value(r, Box::new(1), &mut released).unwrap();
+        assert_eq!(g.frame_base(), 0);
+        g.set_value(r, Box::new(1), &mut released).unwrap();
+        assert_eq!(g.pop_ready(0), Some(a));
     }
 }

@@ -4,6 +4,8 @@
 //! tested and benchmarked with plain `cargo test` / `cargo bench`. The PyO3 bindings live in
 //! [`python`] behind the `python` feature, which maturin turns on when it builds `nnsight._core`.
 
+pub(crate) mod adjacency;
+pub(crate) mod counts;
 pub mod error;
 pub mod graph;
 pub mod names;
@@ -12,4 +14,4 @@ pub mod names;
 pub mod python;
 
 pub use error::GraphError;
-pub use graph::{Event, Graph, Kind, NodeId, ROOT_ARGUMENT};
+pub use graph::{Event, Graph, Inputs, Kind, NodeId, ROOT_ARGUMENT};
