@@ -4,7 +4,8 @@
 //! are stored once, as each node's `dependencies` (written by [`Graph::add_node`] alone); a
 //! node's `listeners` are the later nodes that depend on it, in the order they were added, and
 //! are derived from the dependencies when needed (by [`Graph::compile`], or on first use after
-//! nodes were added), so the two sides cannot disagree.
+//! nodes were added), so the two sides cannot disagree. Both live in one flattened array
+//! ([`crate::adjacency`]); the remaining counts are 16 bits each ([`crate::counts`]).
 //!
 //! Execution semantics (nnsight's, with two deliberate changes, both for memory):
 //!
