@@ -41,15 +41,22 @@ pub const ROOT_ARGUMENT: &str = "nnsight_root_module";
 /// Argument keys a new graph has room for: the root plus a trace's first module reads.
 const ARGUMENTS_RESERVED: usize = 16;
 
-/// Stores from outside a drain a run may make before its counts switch to checked arithmetic.
+/// Possibly repeated stores a run may make before its counts switch to checked arithmetic.
 ///
 /// The hot loop decrements 16-bit count fields without testing for overflow. A count only goes
-/// below zero when a node is stored more than once, and each extra store takes it at most one
-/// further down; only a store from outside a drain ([`Graph::set_value`]) can be such a second
-/// store (a drain runs each node at most once, since a count reaches zero only once), so after
-/// `compile` no field can fall below `-UNCHECKED_STORES` (far above `i16::MIN`) until this many
-/// such stores have been made. Counts set from outside and nodes added after `compile` switch
-/// to checked arithmetic at once; `compile` switches back.
+/// below zero when a node is stored more than once in a run, and each extra store takes it at
+/// most one further down. So a run counts the stores that may be extra, and once this many
+/// were made (leaving every field far above `i16::MIN`) it switches to checked arithmetic:
+///
+/// * A drain's own stores are never extra: it stores what it pops, and an unchecked run pops
+///   each node at most once (a node is pushed when its count of dependencies, which only falls,
+///   reaches zero).
+/// * A [`Graph::set_value`] from outside is counted, except the first store of a node after
+///   [`Graph::pop_ready`] handed it out: that is a host completing the node it ran, which makes
+///   at most one uncounted store per node and run.
+///
+/// Counts set from outside and nodes added after `compile` switch to checked arithmetic at once;
+/// `compile` switches back.
 const UNCHECKED_STORES: u32 = 16_384;
 
 /// Bits of [`Graph`]'s per-node `flags`, the one byte the hot loop reads per node.
@@ -60,6 +67,8 @@ mod flag {
     pub const SWAP: u8 = 2;
     /// A count of this node has been wider than its 16-bit field (see [`crate::counts`]).
     pub const WIDE: u8 = 4;
+    /// Handed out by [`super::Graph::pop_ready`] and not stored since (see `UNCHECKED_STORES`).
+    pub const POPPED: u8 = 8;
 }
 
 /// What kind of node this is, derived from its target.
@@ -119,9 +128,11 @@ pub struct Graph<V> {
     initial_excess: Excess,
     remaining: Vec<Counts>,
     excess: Excess,
-    /// Stores from outside a drain left before counts need checked arithmetic; 0 when they do.
+    /// Possibly repeated stores left before counts need checked arithmetic; 0 when they do.
     /// See [`UNCHECKED_STORES`].
     unchecked_stores_left: u32,
+    /// Whether [`Graph::pop_ready`] flagged nodes since `compile` last cleared the flags.
+    popped: bool,
     values: Vec<Option<V>>,
     /// Argument key -> the `argument` nodes registered under it, keys in first-use order. A
     /// trace makes one key per module value read, so each key is one allocation, shared with
@@ -453,6 +464,7 @@ impl<V> Graph<V> {
             remaining: Vec::with_capacity(nodes),
             excess: Excess::default(),
             unchecked_stores_left: 0,
+            popped: false,
             values: Vec::with_capacity(nodes),
             arguments: Vec::with_capacity(ARGUMENTS_RESERVED),
             argument_slots: FxHashMap::with_capacity_and_hasher(
@@ -582,6 +594,12 @@ impl<V> Graph<V> {
         copy_in_pieces(&mut self.remaining, &self.initial);
         self.excess.clone_from(&self.initial_excess);
         self.unchecked_stores_left = UNCHECKED_STORES;
+        if self.popped {
+            for flags in &mut self.flags {
+                *flags &= !flag::POPPED;
+            }
+            self.popped = false;
+        }
         self.ready.clear();
         // Room for every node: an unchecked run pushes each at most once, since its count of
         // dependencies only falls and so reaches zero once.
@@ -672,6 +690,12 @@ impl<V> Graph<V> {
         }
     }
 
+    /// Whether this run's counts take checked arithmetic (see [`UNCHECKED_STORES`]).
+    #[cfg(test)]
+    fn counts_checked(&self) -> bool {
+        self.unchecked_stores_left == 0
+    }
+
     /// The nodes found dead by the last [`Graph::eliminate_dead_code`] still in effect.
     pub fn dead(&self) -> &[NodeId] {
         &self.dead
@@ -686,8 +710,14 @@ impl<V> Graph<V> {
         released: &mut Vec<V>,
     ) -> Result<(), GraphError> {
         self.check(id)?;
-        // Possibly a second store of this node: see `UNCHECKED_STORES`.
-        self.unchecked_stores_left = self.unchecked_stores_left.saturating_sub(1);
+        // Possibly a second store of this node, unless it completes a pop: see
+        // `UNCHECKED_STORES`.
+        let flags = at_mut(&mut self.flags, id as usize);
+        if *flags & flag::POPPED != 0 {
+            *flags &= !flag::POPPED;
+        } else {
+            self.unchecked_stores_left = self.unchecked_stores_left.saturating_sub(1);
+        }
         self.store(id, value, released);
         Ok(())
     }
@@ -788,6 +818,8 @@ impl<V> Graph<V> {
         if let Some(events) = &mut self.events {
             events.push(Event::Execute(id));
         }
+        *at_mut(&mut self.flags, id as usize) |= flag::POPPED;
+        self.popped = true;
         Some(id)
     }
 
@@ -1381,6 +1413,7 @@ mod tests {
         for _ in 0..WIDE {
             g.set_value(a, Box::new(1), &mut released).unwrap();
         }
+        assert!(g.counts_checked());
         assert_eq!(g.remaining_listeners(r).unwrap(), (1 - WIDE) as i32);
         assert_eq!(g.remaining_dependencies(b).unwrap(), (1 - WIDE) as i32);
         assert!(!g.fulfilled(b).unwrap());
@@ -1394,6 +1427,42 @@ mod tests {
         g.compile(&mut released);
         assert_eq!(g.remaining_listeners(r).unwrap(), 1);
         assert_eq!(g.remaining_dependencies(b).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_host_completing_what_it_pops_keeps_counts_unchecked() {
+        // The bindings' loop: pop a node, run it, `set_value` it. Those stores are first
+        // stores, so however long the run, it never needs checked arithmetic.
+        let mut g = G::new();
+        let mut prev = root(&mut g);
+        for _ in 0..2 * UNCHECKED_STORES {
+            prev = g.add_node(None, "add", Kind::Op, &[prev], None).unwrap();
+        }
+        g.add_node(None, "null", Kind::Null, &[prev], None).unwrap();
+        let mut released = Vec::new();
+        g.compile(&mut released);
+        g.set_value(g.root().unwrap(), Box::new(0), &mut released)
+            .unwrap();
+        let mut popped = 0;
+        while let Some(id) = g.pop_ready(0) {
+            let dep = g.dependencies(id).unwrap()[0];
+            let value = **g.value(dep).unwrap().unwrap() + 1;
+            if popped == 7 {
+                // A host may also set the node it runs: that store is counted, its
+                // completion not.
+                g.set_value(id, Box::new(value), &mut released).unwrap();
+            }
+            g.set_value(id, Box::new(value), &mut released).unwrap();
+            popped += 1;
+        }
+        assert_eq!(popped, 2 * UNCHECKED_STORES);
+        assert!(!g.counts_checked());
+        assert_eq!(
+            g.unchecked_stores_left,
+            UNCHECKED_STORES - 2,
+            "the root and the repeat"
+        );
+        assert_eq!(g.value(prev).unwrap().map(|v| **v), Some(i64::from(popped)));
     }
 
     #[test]
