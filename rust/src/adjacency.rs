@@ -23,6 +23,8 @@ pub(crate) struct Adjacency {
     /// One entry per node, and one more that ends the last node's rows.
     offsets: Vec<[u32; 2]>,
     edges: Vec<NodeId>,
+    /// Number of dependency edges: `edges[..dependency_edges]` are the dependency half.
+    dependency_edges: usize,
     /// Number of nodes the listener half was built for: stale once more nodes exist.
     listeners_for: usize,
 }
@@ -35,6 +37,7 @@ impl Adjacency {
         Self {
             offsets,
             edges: Vec::with_capacity(nodes),
+            dependency_edges: 0,
             listeners_for: 0,
         }
     }
@@ -43,25 +46,20 @@ impl Adjacency {
         self.offsets.len() - 1
     }
 
-    /// Number of dependency edges.
-    fn dependency_edges(&self) -> usize {
-        self.offsets[self.nodes()][DEPS] as usize
-    }
-
     /// Every dependency edge, node by node.
     pub fn all_dependencies(&self) -> &[NodeId] {
-        &self.edges[..self.dependency_edges()]
+        &self.edges[..self.dependency_edges]
     }
 
     /// Starts adding a node. The listener half, which follows the dependencies, is dropped: it
     /// is stale from now on.
     pub fn begin_node(&mut self) {
-        self.edges.truncate(self.dependency_edges());
+        self.edges.truncate(self.dependency_edges);
     }
 
     /// The dependencies recorded so far for the node being added.
     pub fn pending_dependencies(&self) -> &[NodeId] {
-        &self.edges[self.dependency_edges()..]
+        &self.edges[self.dependency_edges..]
     }
 
     /// Records a dependency of the node being added; it must be an existing node's id.
@@ -73,7 +71,8 @@ impl Adjacency {
     /// Ends the node being added: its dependencies are those pushed since
     /// [`Adjacency::begin_node`].
     pub fn end_node(&mut self) {
-        self.offsets.push([self.edges.len() as u32, 0]);
+        self.dependency_edges = self.edges.len();
+        self.offsets.push([self.dependency_edges as u32, 0]);
     }
 
     pub fn listeners_fresh(&self) -> bool {
@@ -84,7 +83,7 @@ impl Adjacency {
     /// `d` among its dependencies, in increasing `i`.
     pub fn rebuild_listeners(&mut self) {
         let nodes = self.nodes();
-        let deps = self.dependency_edges();
+        let deps = self.dependency_edges;
         self.edges.truncate(deps);
         for entry in &mut self.offsets {
             entry[LISTENERS] = 0;

@@ -552,12 +552,18 @@ impl<V> Graph<V> {
         self.names.insert(chosen, target_name, id);
         self.kinds.push(kind);
         let mut counts = Counts::default();
-        let wide = self.initial_excess.set(
-            &mut counts.dependencies,
-            id,
-            Which::Dependencies,
-            deps as i64,
-        );
+        let wide = match i16::try_from(deps) {
+            Ok(deps) => {
+                counts.dependencies = deps;
+                false
+            }
+            Err(_) => self.initial_excess.set(
+                &mut counts.dependencies,
+                id,
+                Which::Dependencies,
+                deps as i64,
+            ),
+        };
         self.initial.push(counts);
         self.flags.push(
             if kind.executes() { flag::RUNS } else { 0 }
