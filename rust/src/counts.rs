@@ -2,7 +2,7 @@
 //!
 //! Propagation decrements a count for every edge it follows and `compile` resets every count, so
 //! at a million nodes their size is memory traffic: 4 bytes a node instead of 8 made a run of the
-//! 1e6 fan-out benchmark about 20% faster (README, "Scheduler benchmark").
+//! 1e6 fan-out benchmark about 20% faster (README, "Benchmarks").
 //!
 //! A count is `field + excess`: `field` is the 16-bit part the hot loop decrements and tests for
 //! zero, and `excess` sits in a side table ([`Excess`]), nonzero only for a count that does not fit:
@@ -10,7 +10,7 @@
 //! * **Above `i16::MAX`** (a node with over 32,767 listeners, as the root of a wide fan-out has):
 //!   the field holds `i16::MAX` and the table the rest. Such a node is flagged wide, and when its
 //!   field reaches zero it is refilled from the table ([`Excess::refill`]), so propagation sees a
-//!   zero only when the whole count is zero. The hot loop pays nothing for this.
+//!   zero only when the whole count is zero. The hot loop pays one flag test per zero for this.
 //! * **Below zero.** A count only goes negative when a node is stored more often than once, which
 //!   takes a store from outside the drain (`set_value` on a node already set), a count set from
 //!   outside, or a node added after `compile`. The hot loop does not test for it; the graph
@@ -58,8 +58,8 @@ pub(crate) fn split(count: i64) -> (i16, i64) {
 }
 
 /// The parts of counts that do not fit their fields. Usually empty, and never more than a few
-/// entries outside checked runs, so a sorted list: the refill, inlined into the hot loop, is a
-/// binary search with no hashing and no call.
+/// entries outside checked runs, so a sorted list: lookups are a binary search, and the refill,
+/// inlined into the hot loop, a plain scan with no hashing and no call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Excess(Vec<(u64, i64)>);
 
