@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import operator
 
 import pytest
@@ -178,3 +179,51 @@ def test_a_node_not_made_before_its_graph_died_still_names_its_line() -> None:
     assert node.args[0].name == "argument_1" and node.target is operator.add
     with pytest.raises(TracingError, match="no longer exists"):
         y + 1
+
+
+def test_nodes_is_a_read_only_dict_backed_by_the_core() -> None:
+    graph = Graph(torch.nn.Linear(2, 2), validate=False)
+    a = graph.module_proxy.weight
+    b = a * 2
+    nodes = graph.nodes
+    assert isinstance(nodes, dict)
+    names = ["argument_0", a.node.name, b.node.name]
+    assert list(nodes) == names and list(nodes.keys()) == names and len(nodes) == 3
+    assert list(nodes.values()) == [graph.module_proxy.node, a.node, b.node]
+    assert dict(nodes.items())[b.node.name] is b.node
+    assert {**nodes} == dict(zip(names, nodes.values(), strict=True)) == nodes.copy() == nodes
+    assert nodes.get("missing") is None and nodes.get(a.node.name) is a.node
+    assert "argument_0" in nodes and "missing" not in nodes and 3 not in nodes
+    assert list(reversed(nodes)) == names[::-1]
+    with pytest.raises(KeyError, match="missing"):
+        nodes["missing"]
+    for write in (
+        lambda: nodes.__setitem__("x", a.node),
+        lambda: nodes.pop("argument_0"),
+        lambda: nodes.update({}),
+        nodes.clear,
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            write()
+    assert len(nodes) == 3
+
+
+def test_node_value_can_be_assigned_without_running_anything() -> None:
+    graph = Graph(torch.nn.Linear(2, 2), validate=False)
+    x = graph.add(target="argument", value=None, args=["x"])
+    y = (x + 1).save()
+    graph.compile(torch.nn.Linear(2, 2))
+    x.node.value = torch.ones(2)  # a plain store, as 0.2's attribute: y does not run
+    assert torch.equal(x.node.value, torch.ones(2)) and x.node.done()
+    assert not y.node.done() and y.node.remaining_dependencies == 1
+    x.node.value = inspect._empty
+    assert not x.node.done()
+    x.node.set_value(torch.ones(2))  # set_value propagates
+    assert torch.equal(y.value, torch.full((2,), 2.0))
+
+
+def test_a_second_reserved_module_node_is_refused() -> None:
+    graph = Graph(torch.nn.Linear(2, 2), validate=False)
+    with pytest.raises(ValueError, match="root module"):
+        graph.add(target="module", value=torch.nn.Linear(2, 2))
+    assert len(graph.nodes) == 1

@@ -78,3 +78,43 @@ def test_a_loss_over_both_invokes_reaches_both_invokes_rows() -> None:
     assert torch.allclose(grad_a.value, expected[:2])
     assert torch.allclose(grad_b.value, expected[2:])
     net.zero_grad()
+
+
+def test_reading_grad_after_setting_it_sees_the_new_gradient_as_in_nnsight_02() -> None:
+    net = mlp()
+    model = NNsight(net)
+    x = torch.randn(3, 8)
+    with model.trace(x):
+        hidden = model[2].output
+        before = hidden.grad.save()
+        hidden.grad = hidden.grad * 3
+        after = hidden.grad.save()
+        model.output.sum().backward()
+    first_weight_grad = net[0].weight.grad.clone()
+    net.zero_grad()
+    expected = grad_at(net, net[2], x, lambda out: out.sum())
+    assert torch.allclose(before.value, expected)
+    assert torch.allclose(after.value, expected * 3)  # 0.2: the new one; we returned the old
+
+    # And the tripled gradient is what flowed on into earlier layers: compare with a hook.
+    def triple_grad(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
+        out.register_hook(lambda g: g * 3)
+
+    handle = net[2].register_forward_hook(triple_grad)
+    try:
+        net(x).sum().backward()
+    finally:
+        handle.remove()
+    assert torch.allclose(first_weight_grad, net[0].weight.grad)
+    net.zero_grad()
+
+
+def test_grad_belongs_to_any_graph_with_intervention_proxies() -> None:
+    from nnsight import Graph
+    from nnsight.intervention import InterventionProxy
+
+    graph = Graph(torch.nn.Linear(2, 2), proxy_class=InterventionProxy, validate=False)
+    x = graph.add(target="argument", value=torch.ones(1, 2), args=["x"])
+    grad = x.grad
+    assert grad.node.target == "grad" and grad.node.args == [x.node]
+    assert x.grad is grad  # one grad node per value until it is set

@@ -79,13 +79,15 @@ def test_data_dependent_ops_get_unknown_proxy_values_but_run() -> None:
     assert item.value == 5.0
 
 
-def test_prepare_proxy_values_replaces_proxies_and_moves_on_request() -> None:
+def test_prepare_proxy_values_replaces_proxies_and_moves_to_meta() -> None:
     from nnsight import Node
 
     graph = Graph(torch.ones(2))
     p = graph.module_proxy * 2
-    values = Node.prepare_proxy_values([p, {"k": (p.node, torch.zeros(1))}, slice(p, None)])
+    nested = [p, {"k": (p.node, torch.zeros(1))}, slice(p, None)]
+    values = Node.prepare_proxy_values(nested, device=None)
     assert values[0] is p.node.proxy_value and values[1]["k"][0] is p.node.proxy_value
     assert values[2].start is p.node.proxy_value
-    moved = Node.prepare_proxy_values([torch.zeros(1)], device="meta")
-    assert moved[0].device.type == "meta"
+    moved = Node.prepare_proxy_values(nested)  # to 'meta' by default, as documented
+    assert moved[0].device.type == "meta" and tuple(moved[0].shape) == (2,)
+    assert moved[1]["k"][1].device.type == "meta" and moved[2].start.device.type == "meta"

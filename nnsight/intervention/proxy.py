@@ -8,6 +8,8 @@ import operator
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ..tracing import Proxy
 from ..tracing._source import SOURCE_FINDER
 from ..tracing._walk import map_structure
@@ -45,8 +47,8 @@ class InterventionProxy(Proxy):
 
     @property
     def grad(self) -> InterventionProxy:
-        """The gradient of this value, as a proxy (one ``grad`` node per proxy)."""
-        return self._graph().grad_of(self)
+        """The gradient of this value, as a proxy (a ``grad`` node, see ``Graph.grad_of``)."""
+        return self._graph().grad_of(self)  # type: ignore[return-value]
 
     def __getitem__(self, key: Any) -> Proxy:
         # An item of a tuple or list whose proxy value is already known (an unpacked module
@@ -64,32 +66,41 @@ class InterventionProxy(Proxy):
 
     @property
     def shape(self) -> Any:
-        """The shape, known while tracing from the proxy value (``torch.Size``); traced like
-        any attribute when the proxy value is unknown."""
+        """The shape (``torch.Size``), known while tracing: from the scan for module values,
+        computed on fake tensors on first use for values derived from them. A tuple or list
+        value gives the same structure of shapes (nnsight 0.2). Traced like any attribute
+        when the value cannot be known (it depends on data or on a user function)."""
         return self._static_attribute("shape")
 
     @property
     def dtype(self) -> Any:
+        """The dtype, known while tracing (see ``shape``)."""
         return self._static_attribute("dtype")
 
     @property
     def device(self) -> Any:
+        """The device, known while tracing (see ``shape``)."""
         return self._static_attribute("device")
 
     @property
     def ndim(self) -> Any:
+        """The number of dimensions, known while tracing (see ``shape``)."""
         return self._static_attribute("ndim")
 
     def _static_attribute(self, name: str) -> Any:
-        value = self.node.proxy_value
-        if value is not _EMPTY and hasattr(value, name):
-            return getattr(value, name)
+        value = self._known_value()
+        if value is not _EMPTY:
+            if isinstance(value, torch.Tensor):
+                return getattr(value, name)
+            if type(value) in (tuple, list, dict):
+                return map_structure(value, lambda t: getattr(t, name), torch.Tensor)
+            if hasattr(value, name):
+                return getattr(value, name)
         return super().__getattr__(name)
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key == "grad":
-            graph = self._graph()
-            graph.add(target="swap", value=_EMPTY, args=[graph.grad_of(self).node, value])
+            self._graph().set_grad(self, value)
         else:
             super().__setattr__(key, value)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import Any
 
 import torch
 
 from .._core import ROOT_ARGUMENT, ForeignNode, GraphCore
-from ..errors import TracingError, ValidationError
-from . import fake_cache
+from ..errors import TracingError, ValidationError, caused_by
+from . import fake_cache, inference
 from ._describe import describe
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
@@ -26,20 +26,27 @@ _EMPTY = inspect._empty
 _new_object = object.__new__
 
 
-class NodeMap(Mapping[str, Node]):
-    """``Graph.nodes``: a read-only, insertion-ordered view from node name to ``Node``.
+class NodeMap(dict):  # type: ignore[type-arg]
+    """``Graph.nodes``: node name -> ``Node``, in the order added; a read-only ``dict``.
 
-    Names are resolved by the Rust core; an unknown name raises ``KeyError`` naming it.
+    It is a ``dict`` (``isinstance(graph.nodes, dict)``, as in nnsight 0.2) whose contents live
+    in the Rust core: names are resolved there and each ``Node`` is made on first use, so the
+    ``dict`` storage itself stays empty and every read goes through the methods below. An
+    unknown name raises ``KeyError`` naming it; writing raises ``TypeError``.
     """
 
     __slots__ = ("_core", "_nodes")
 
     def __init__(self, core: GraphCore, nodes: list[Node | None]) -> None:
+        super().__init__()
         self._core = core
         self._nodes = nodes
 
     def __getitem__(self, name: str) -> Node:
         return node_at(self._core, self._nodes, self._core.id_of(name))
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[name] if name in self else default
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._core
@@ -47,11 +54,46 @@ class NodeMap(Mapping[str, Node]):
     def __iter__(self) -> Iterator[str]:
         return (self._core.name_of(i) for i in range(len(self._nodes)))
 
+    def __reversed__(self) -> Iterator[str]:
+        return (self._core.name_of(i) for i in reversed(range(len(self._nodes))))
+
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def keys(self) -> KeysView[str]:  # type: ignore[override]
+        return KeysView(self)
+
+    def values(self) -> ValuesView[Node]:  # type: ignore[override]
+        return ValuesView(self)
+
+    def items(self) -> ItemsView[str, Node]:  # type: ignore[override]
+        return ItemsView(self)
+
+    def copy(self) -> dict[str, Node]:  # type: ignore[override]
+        return {name: self[name] for name in self}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __or__(self, other: Any) -> dict[str, Node]:  # type: ignore[override]
+        return {**self.copy(), **other}
+
     def __repr__(self) -> str:
         return f"NodeMap({list(self)})"
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("Graph.nodes is read-only: add nodes with Graph.add")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
+    pop = popitem = setdefault = update = clear = _read_only  # type: ignore[assignment]
 
 
 class Graph:
@@ -99,6 +141,11 @@ class Graph:
         self._validate = validate
         self._tracing = True
         self._sync_core_modes()
+        #: One ``grad`` node's proxy per node whose ``.grad`` was read (see ``grad_of``).
+        self._grads: dict[int, Proxy] = {}
+        self._has_grads = False
+        #: Nodes whose proxy value ``infer`` found cannot be known, with the reason.
+        self._unknown: dict[int, str] = {}
         self.generation_idx = 0
         self.module_proxy = self.add(target="argument", value=module, args=[ROOT_ARGUMENT])
 
@@ -185,6 +232,11 @@ class Graph:
                 operation and the user's file and line, and the graph is left unchanged.
             ValueError: ``name`` is taken, or a second root module node is added.
         """
+        if type(target) is str and target == "module":
+            raise ValueError(
+                "the graph already has its reserved root module node (the 'argument' node "
+                f"keyed '{ROOT_ARGUMENT}', made with the graph); a graph has only one"
+            )
         if not self._tracing:  # the attributes behind the properties: no frame each
             raise TracingError(
                 f"cannot add '{target_name(target)}' at {format_source(user_source(2))}: the "
@@ -263,11 +315,47 @@ class Graph:
                 [describe(a) for a in fake_args]
                 + [f"{k}={describe(v)}" for k, v in fake_kwargs.items()]
             )
-            raise ValidationError(
+            raise caused_by(
+                ValidationError,
+                exc,
                 f"{target_name(target)}({shown}) failed at {format_source(source)}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}",
             ) from exc
         return value if known else _EMPTY
+
+    # ----- gradients and proxy values on demand ----------------------------------------------
+
+    def grad_of(self, proxy: Proxy) -> Proxy:
+        """The proxy of ``proxy``'s gradient: a ``grad`` node (a hook on the tensor, set when
+        backward reaches it), made on first use and then reused, until :meth:`set_grad`."""
+        node = proxy.node
+        grad = self._grads.get(node.id)
+        if grad is None:
+            grad = self.add(target="grad", value=node._proxy_value, args=[node])
+            self._grads[node.id] = grad
+            self._has_grads = True
+        return grad
+
+    def set_grad(self, proxy: Proxy, value: Any) -> None:
+        """Replaces the gradient flowing back into ``proxy`` with ``value`` (a ``swap`` of its
+        ``grad`` node). A later ``.grad`` read gets a new ``grad`` node, whose hook runs after
+        the replacing one and so sees ``value``, as in nnsight 0.2."""
+        self.add(target="swap", value=_EMPTY, args=[self.grad_of(proxy).node, value])
+        del self._grads[proxy.node.id]
+
+    @property
+    def has_grads(self) -> bool:
+        """Whether any ``grad`` node was made."""
+        return self._has_grads
+
+    def infer_proxy_value(self, node: Node) -> Any:
+        """``node``'s proxy value, run on fake tensors now (with whatever it depends on) when it
+        is not known yet; ``inspect._empty`` when it cannot be known (see ``inference``)."""
+        return inference.infer(self, node)
+
+    def unknown_reason(self, node: Node) -> str | None:
+        """Why :meth:`infer_proxy_value` could not know ``node``'s value, if it tried."""
+        return self._unknown.get(node.id)
 
     def eliminate_dead_code(self) -> list[Node]:
         """Marks the nodes that cannot affect any result as dead, and returns them.

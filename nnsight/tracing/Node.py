@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._core import ForeignNode
-from ..errors import ExecutionError, TracingError, ValueNotSetError
+from ..errors import ExecutionError, TracingError, ValueNotSetError, caused_by
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
 from .fake_cache import LazyValue
@@ -261,7 +261,12 @@ class Node:
 
     @property
     def value(self) -> Any:
-        """The value set during execution; raises ``ValueNotSetError`` when there is none."""
+        """The value set during execution; raises ``ValueNotSetError`` when there is none.
+
+        Assigning stores a value without propagating (as a plain attribute in nnsight 0.2: no
+        listener runs, no count changes); assigning ``inspect._empty`` clears it. Use
+        :meth:`set_value` to set a value and run what it makes ready.
+        """
         value = self._core.value(self.id)
         if value is _EMPTY:
             raise ValueNotSetError(
@@ -270,6 +275,10 @@ class Node:
                 "to keep it)"
             )
         return value
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        self._core.replace_value(self.id, value)
 
     def done(self) -> bool:
         """Whether the value is set."""
@@ -358,30 +367,38 @@ class Node:
         return list(args), kwargs
 
     @staticmethod
-    def prepare_proxy_values(values: Any, device: torch.device | str | None = None) -> Any:
-        """``values`` with every proxy and node (at any depth) replaced by its proxy value.
+    def prepare_proxy_values(values: Any, device: torch.device | str | None = "meta") -> Any:
+        """``values`` with every proxy and node (at any depth) replaced by its proxy value, and
+        every tensor moved to ``device`` (``'meta'``, as documented for nnsight 0.2; None
+        leaves tensors where they are).
 
-        With ``device`` given, tensors are also moved there (nnsight 0.2 always moved them to
-        ``'meta'``; validation here runs under a ``FakeTensorMode`` that fakifies real tensors
-        on their own device, so by default they are left alone).
+        Validation does not use this: it runs under a ``FakeTensorMode`` that fakifies real
+        tensors on their own device, so shapes and devices are checked as they will be.
         """
         values = map_structure(values, _proxy_value, (Proxy, Node))
         if device is not None:
-            values = map_structure(values, lambda t: t.to(device), torch.Tensor)
+            target = torch.device(device)
+
+            def move(tensor: torch.Tensor) -> torch.Tensor:
+                return tensor if tensor.device == target else tensor.to(target)
+
+            values = map_structure(values, move, torch.Tensor)
         return values
 
     # ----- messages ---------------------------------------------------------------------------
 
     def _execution_error(self, exc: BaseException) -> BaseException:
-        """The exception to raise when this node's target raised ``exc`` during execution."""
+        """The exception to raise when this node's target raised ``exc`` during execution: an
+        ``ExecutionError`` that is also of ``exc``'s type (``except RuntimeError`` still works)."""
         if isinstance(exc, ExecutionError) or not isinstance(exc, Exception):
             return exc
-        error = ExecutionError(
+        error = caused_by(
+            ExecutionError,
+            exc,
             f"node '{self.name}' ({target_name(self.target)}) raised "
             f"{type(exc).__name__}: {exc}\n  traced at {format_source(self.source)}",
-            self.name,
         )
-        error.__cause__ = exc
+        error.node_name = self.name
         return error
 
     def __str__(self) -> str:

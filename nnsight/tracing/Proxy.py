@@ -114,18 +114,31 @@ class Proxy:
         length = self._static_length("iterating over")
         return (self[i] for i in range(length))
 
+    def _known_value(self) -> Any:
+        """The proxy value, run on fake tensors now when it is not known yet (see
+        :mod:`nnsight.tracing.inference`); ``inspect._empty`` when it cannot be known."""
+        node = self.node
+        value = node.proxy_value
+        if value is _EMPTY:
+            graph = self._core.graph()
+            if graph is not None:
+                value = graph.infer_proxy_value(node)
+        return value
+
     def _static_length(self, what: str) -> int:
-        value = self.node.proxy_value
+        value = self._known_value()
         if value is not _EMPTY:
             try:
                 return len(value)
             except TypeError:
                 pass
+        graph = self._core.graph()
+        reason = None if graph is None else graph.unknown_reason(self.node)
+        shown = describe(value) if value is not _EMPTY else "unknown"
         raise TracingError(
             f"{what} proxy '{self.node.name}' needs its length, which is not known while "
-            f"tracing (its proxy value is {describe(value) if value is not _EMPTY else 'unknown'}"
-            "). Index it explicitly (proxy[0], proxy[1], ...) or trace with validate=True so "
-            "the length is known."
+            f"tracing (its proxy value is {shown}{f': {reason}' if reason else ''}). Index it "
+            "explicitly (proxy[0], proxy[1], ...)."
         )
 
     def __bool__(self) -> bool:

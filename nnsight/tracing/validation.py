@@ -64,14 +64,16 @@ class FakeRunner:
 
     Attributes:
         hits: Calls answered from the cache (for tests and benchmarks).
+        runs: Calls actually run on fake tensors (likewise).
     """
 
-    __slots__ = ("_cache", "_mode", "hits")
+    __slots__ = ("_cache", "_mode", "hits", "runs")
 
     def __init__(self) -> None:
         self._mode: FakeTensorMode | None = None
         self._cache: dict[Any, tuple[Any, ...]] = {}
         self.hits = 0
+        self.runs = 0
 
     @property
     def mode(self) -> FakeTensorMode:
@@ -107,6 +109,7 @@ class FakeRunner:
         Any other exception propagates: it is a real error in the traced code. A result worth
         keeping is cached under ``key``."""
         mode = self.mode
+        self.runs += 1
         _active.on = True
         try:
             with mode:

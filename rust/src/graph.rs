@@ -779,6 +779,14 @@ impl<V> Graph<V> {
         Ok(())
     }
 
+    /// Stores `value` (or clears the slot, with `None`) without propagating: no listener runs,
+    /// no count changes and no event is recorded, as a plain `node.value = ...` in nnsight 0.2.
+    /// Returns the old value for the caller to drop when it is safe to.
+    pub fn replace_value(&mut self, id: NodeId, value: Option<V>) -> Result<Option<V>, GraphError> {
+        self.check(id)?;
+        Ok(std::mem::replace(at_mut(&mut self.values, id as usize), value))
+    }
+
     /// Abandons the current execution: empties the ready stack, drops the pending swap and
     /// releases every value. [`Graph::compile`] makes the graph runnable again.
     pub fn abort(&mut self, released: &mut Vec<V>) {
@@ -1069,6 +1077,26 @@ mod tests {
     fn root(g: &mut G) -> NodeId {
         g.add_node(None, "argument", Kind::Argument, &[], Some(ROOT_ARGUMENT))
             .unwrap()
+    }
+
+    #[test]
+    fn replace_value_stores_without_propagating() {
+        let mut g = G::new();
+        let r = root(&mut g);
+        let a = g.add_node(None, "add", Kind::Op, &[r], None).unwrap();
+        let mut released = Vec::new();
+        g.compile(&mut released);
+        g.set_record_events(true);
+        assert_eq!(g.replace_value(r, Some(Box::new(3))).unwrap(), None);
+        // Nothing ran or was counted: the listener still waits, the root keeps its listener.
+        assert_eq!(g.pop_ready(0), None);
+        assert_eq!(g.remaining_dependencies(a).unwrap(), 1);
+        assert_eq!(g.remaining_listeners(r).unwrap(), 1);
+        assert_eq!(**g.value(r).unwrap().unwrap(), 3);
+        assert!(g.take_events().is_empty());
+        assert_eq!(g.replace_value(r, None).unwrap().map(|b| *b), Some(3));
+        assert!(!g.done(r).unwrap());
+        assert!(g.replace_value(99, None).is_err());
     }
 
     #[test]

@@ -1260,6 +1260,16 @@ impl PyGraphCore {
         Ok(result?)
     }
 
+    /// Stores a value without propagating (`Node.value = ...`); the empty sentinel clears it.
+    fn replace_value(slf: &Bound<'_, Self>, id: u32, value: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let value = (!value.is(slf.borrow().empty.bind(py))).then_some(value);
+        let old = slf.borrow_mut().graph.replace_value(id, value);
+        // Dropped with no borrow held: a value's finaliser may call back into this graph.
+        drop(old);
+        Ok(())
+    }
+
     /// The node's value, or the empty sentinel when it is not set.
     fn value(&self, py: Python<'_>, id: u32) -> PyResult<Py<PyAny>> {
         Ok(match self.graph.value(id)? {
