@@ -14,12 +14,13 @@ from .errors import (
     ValidationError,
     ValueNotSetError,
 )
-from .models import NNsight
+from .models import LanguageModel, NNsight
 from .tracing import Graph, Node, Proxy, proxy_wrapper
 
 __all__ = [
     "ExecutionError",
     "Graph",
+    "LanguageModel",
     "NNsight",
     "NNsightError",
     "Node",

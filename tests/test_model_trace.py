@@ -293,3 +293,22 @@ def test_unpacking_a_tuple_output_and_swapping_it_per_invoke() -> None:
     with hooked(net.pair, lambda m, i, o: (o[0] * 0, *o[1:])):
         assert torch.allclose(out_a.value, net(a))
     assert torch.allclose(out_b.value, net(b))
+
+
+def test_module_methods_that_return_self_return_the_wrapper() -> None:
+    net = mlp()
+    model = NNsight(net)
+    for moved in (model.to(torch.float64), model.double(), model.eval(), model.train(False)):
+        assert moved is model
+    assert next(net.parameters()).dtype == torch.float64 and not net.training
+    x = torch.randn(2, 8, dtype=torch.float64)
+    with model.trace(x):  # the scan sees the new dtype
+        dtype = model[0].output.dtype
+        out = model.output.save()
+    assert dtype == torch.float64 and torch.equal(out.value, net(x))
+    assert model.float() is model and next(net.parameters()).dtype == torch.float32
+
+
+def test_printing_the_wrapper_shows_the_module_tree() -> None:
+    net = mlp()
+    assert repr(NNsight(net)) == repr(net)

@@ -40,6 +40,27 @@ class Session:
         self.reads: ModuleReads | None = None
 
 
+class ModuleCall:
+    """Target of a module call traced through its envoy (``model.lm_head(hidden)`` inside a
+    trace): calls the envoy's module as it is when the graph runs, so a call traced before a
+    model's real weights were loaded (``LanguageModel``) calls the loaded module."""
+
+    #: Modules may run on fake tensors when a value computed from the call is asked for.
+    fake_safe = True
+
+    __slots__ = ("envoy",)
+
+    def __init__(self, envoy: Envoy) -> None:
+        self.envoy = envoy
+
+    @property
+    def __name__(self) -> str:  # node names: `Linear_0`, as for the module itself
+        return type(self.envoy._module).__name__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.envoy._module(*args, **kwargs)
+
+
 class Envoy:
     """A module of the wrapped model, as seen while tracing.
 
@@ -111,7 +132,7 @@ class Envoy:
         tracer = self._session.tracer
         if tracer is None:
             return self._module(*args, **kwargs)
-        return tracer.apply(self._module, *args, **kwargs)
+        return tracer.apply(ModuleCall(self), *args, **kwargs)
 
     # ----- values of the current trace --------------------------------------------------------
 

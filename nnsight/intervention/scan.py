@@ -113,6 +113,8 @@ class Scanner:
         self._model = model
         self._cache: dict[Any, CallValues | None] = {}
         self.runs = 0  # fake forwards actually run (for tests)
+        #: Why the last scan that failed could not run the model.
+        self.failure: str | None = None
 
     def values(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallValues | None:
         """Every module call's kept input and output for these inputs (None: not scannable)."""
@@ -128,6 +130,24 @@ class Scanner:
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallValues | None:
         self.runs += 1
+        try:
+            return self._attempt(args, kwargs)
+        except Exception as first:
+            failure = first
+        # Models that branch on data (transformers 4.x asks `attention_mask.all()` to skip
+        # building a causal mask) take their data-independent path when they believe they
+        # are being compiled, the path torch.export needs: the same shapes, no data.
+        compiling = getattr(torch.compiler, "_compile_session_context", None)  # torch >= 2.4
+        if compiling is not None:
+            try:
+                with compiling():
+                    return self._attempt(args, kwargs)
+            except Exception:
+                pass
+        self.failure = f"{type(failure).__name__}: {failure}"
+        return None  # fake tensors cannot run this model: values stay unknown
+
+    def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallValues:
         found: CallValues = {}
         calls: dict[str, list[int]] = {}
         handles = []
@@ -145,15 +165,40 @@ class Scanner:
             handles.append(module.register_forward_hook(_post(keep, path)))
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         try:
+            stand_ins = _stand_ins(self._model, mode)
             with mode:
                 fake_args, fake_kwargs = map_tensors((args, kwargs), mode.from_tensor)
-                self._model(*fake_args, **fake_kwargs)
-        except Exception:
-            return None  # fake tensors cannot run this model: values stay unknown
+                if stand_ins is None:
+                    self._model(*fake_args, **fake_kwargs)
+                else:
+                    torch.func.functional_call(self._model, stand_ins, fake_args, fake_kwargs)
         finally:
             for handle in handles:
                 handle.remove()
         return found
+
+
+#: Where the weights of a model built on ``meta`` are taken to be while it is scanned: where
+#: ``from_pretrained`` puts them unless told otherwise.
+STAND_IN_DEVICE = torch.device("cpu")
+
+
+def _stand_ins(model: torch.nn.Module, mode: FakeTensorMode) -> dict[str, torch.Tensor] | None:
+    """For a model whose weights are not loaded (on ``meta``), fake tensors on
+    :data:`STAND_IN_DEVICE` for every parameter and buffer, to scan it with as if loaded
+    (``meta`` itself runs few models: autocast, for one, refuses it). None otherwise."""
+    tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(model.named_buffers(remove_duplicate=False))
+    if not any(tensor.is_meta for tensor in tensors.values()):
+        return None
+    built: dict[int, torch.Tensor] = {}  # tied weights stay tied
+    for tensor in tensors.values():
+        if id(tensor) not in built:
+            meta = torch.empty_strided(
+                tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta"
+            ).requires_grad_(tensor.requires_grad)
+            built[id(tensor)] = FakeTensor(mode, meta, STAND_IN_DEVICE)
+    return {name: built[id(tensor)] for name, tensor in tensors.items()}
 
 
 def _pre(keep: Callable[[str, str, Any], None], path: str) -> Callable[..., None]:

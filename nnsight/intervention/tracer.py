@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .._core import ModuleReads, set_classes
 from ..errors import TracingError
 from ..tracing._source import SOURCE_FINDER, format_source, user_source
-from .batching import Rows, batch_size_of, combine
+from .batching import Rows
 from .envoy import Envoy, spell_path
 from .graph import InterventionGraph
 from .interleaver import Interleaver
@@ -98,7 +98,9 @@ class Tracer:
         generate: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
-        self.graph = InterventionGraph(model._model, validate=validate)
+        self.graph = InterventionGraph(
+            model._model, validate=validate, proxy_class=model.proxy_class
+        )
         self.scan = scan
         self.output: Any = None
         self._generate = generate
@@ -124,7 +126,11 @@ class Tracer:
         session.tracer = self
         session.reads = self._reads
         if self._implicit is not None:
-            self._open_invoke(*self._implicit)
+            try:
+                self._open_invoke(*self._implicit)
+            except BaseException:  # bad inputs: no block runs, so no __exit__ cleans up
+                self.__exit__(TracingError)
+                raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -141,6 +147,11 @@ class Tracer:
                     invoke.scan.release()  # read or not, drop the hold on the inputs
             self._reads.clear()
             self._invokes.clear()
+
+    @property
+    def generating(self) -> bool:
+        """Whether this trace runs ``generate`` (``model.generate(...)``)."""
+        return self._generate is not None
 
     def invoke(self, *inputs: Any, **kwargs: Any) -> Invoker:
         """A block whose interventions apply to these inputs' rows of the batch."""
@@ -166,11 +177,15 @@ class Tracer:
                 else ""
             )
             raise TracingError(f"invokes cannot be nested, at {format_source(user_source())}{hint}")
+        args, kwargs, size = self.model._prepare_inputs(args, kwargs)
         start = sum(invoke.size for invoke in self._invokes)
-        invoke = Invoke(len(self._invokes), args, kwargs, start, batch_size_of((args, kwargs)))
+        invoke = Invoke(len(self._invokes), args, kwargs, start, size)
         if self.scan:
-            scan_kwargs = {**kwargs, **self._forward_kwargs}  # the invoke's and the forward's
-            invoke.scan = ScanContext(self.model._scanner, args, scan_kwargs, self.graph._fake)
+            # The invoke's inputs and the forward's keyword arguments, as the scan runs them.
+            scan_args, scan_kwargs = self.model._scan_inputs(
+                args, {**kwargs, **self._forward_kwargs}
+            )
+            invoke.scan = ScanContext(self.model._scanner, scan_args, scan_kwargs, self.graph._fake)
         self._invokes.append(invoke)
         self._invoke = invoke
         self._reads.open_invoke(invoke.index, invoke.start, invoke.size, invoke.scan)
@@ -238,7 +253,10 @@ class Tracer:
                 f"the trace at {format_source(self._source)} has no inputs: pass them to "
                 "model.trace(...) or open tracer.invoke(...) blocks"
             )
-        args, kwargs = combine([(invoke.args, invoke.kwargs) for invoke in self._invokes])
+        self.model._ensure_dispatched()  # a LanguageModel loads its weights on its first run
+        args, kwargs = self.model._batch_inputs(
+            [(invoke.args, invoke.kwargs) for invoke in self._invokes]
+        )
         kwargs = {**kwargs, **self._forward_kwargs}
         total = sum(invoke.size for invoke in self._invokes)
         rows = [Rows(invoke.start, invoke.size, total) for invoke in self._invokes]
@@ -250,10 +268,8 @@ class Tracer:
         try:
             with interleaver:
                 graph.compile(module)
-                if self._generate is None:
-                    output = module(*args, **kwargs)
-                else:  # each step calls the modules again: step n is call n (``.next()``)
-                    output = module.generate(*args, **kwargs, **self._generate)
+                # In generation each step calls the modules again: step n is call n.
+                output = self.model._execute(args, kwargs, self._generate)
             unreached = interleaver.unreached()
             if unreached is not None:
                 raise TracingError(unreached)

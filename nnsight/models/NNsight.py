@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
+from ..intervention.batching import batch_size_of, combine
 from ..intervention.envoy import Envoy, Session
 from ..intervention.proxy import InterventionProxy
 from ..intervention.scan import Scanner
 from ..intervention.tracer import Tracer
+
+#: ``torch.nn.Module`` methods that return the module itself: on the wrapper they return the
+#: wrapper (``model = model.to("cuda")`` keeps a model that can trace, as in nnsight 0.2).
+_RETURNS_SELF = ("to", "cpu", "cuda", "eval", "train", "half", "float", "double", "bfloat16")
 
 
 class NNsight:
@@ -26,19 +32,28 @@ class NNsight:
             hidden = model.layer1.output.save()
             model.layer2.output[:, 0] = 0
         hidden.value
+
+    Subclasses (:class:`~nnsight.models.LanguageModel.LanguageModel`) change how inputs become
+    the model's arguments (``_prepare_inputs``, ``_batch_inputs``, ``_scan_inputs``), how the
+    model runs (``_execute``) and when its weights load (``_ensure_dispatched``).
+
+    Attributes:
+        proxy_class: The proxy type of this model's traces.
     """
+
+    proxy_class: type[InterventionProxy] = InterventionProxy
 
     def __init__(self, model: torch.nn.Module) -> None:
         object.__setattr__(self, "_model", model)
         object.__setattr__(self, "_session", Session())
         object.__setattr__(self, "_envoy", Envoy(model, "", self._session))
         object.__setattr__(self, "_scanner", Scanner(model))
-        object.__setattr__(
-            self,
-            "_modules_by_path",
-            # From the envoy tree, so a module in two containers is found at both paths.
-            {envoy.path: envoy._module for envoy in self._envoy.modules()},
-        )
+        self._index_modules()
+
+    def _index_modules(self) -> None:
+        # From the envoy tree, so a module in two containers is found at both paths.
+        paths = {envoy.path: envoy._module for envoy in self._envoy.modules()}
+        object.__setattr__(self, "_modules_by_path", paths)
 
     def trace(
         self,
@@ -51,7 +66,9 @@ class NNsight:
         """Opens a trace (see :class:`~nnsight.intervention.tracer.Tracer`); with
         ``trace=False`` just runs the model on the inputs and returns its output."""
         if not trace:
-            return self._model(*inputs, **kwargs)
+            args, forward_kwargs, _ = self._prepare_inputs(inputs, kwargs)
+            self._ensure_dispatched()
+            return self._execute(args, forward_kwargs, None)
         return Tracer(self, inputs, kwargs, validate=validate, scan=scan)
 
     def generate(
@@ -78,6 +95,54 @@ class NNsight:
             )
         return Tracer(self, inputs, {}, validate=validate, scan=scan, generate=kwargs)
 
+    # ----- how inputs reach the model (overridden by LanguageModel) ---------------------------
+
+    def _prepare_inputs(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], int]:
+        """One invoke's inputs as the model's positional and keyword arguments, and the number
+        of batch rows they make. Here: as given; rows from the first tensor's first dimension."""
+        return args, kwargs, batch_size_of((args, kwargs))
+
+    def _batch_inputs(
+        self, invokes: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The prepared inputs of every invoke as one batch (see ``batching.combine``)."""
+        return combine(invokes)  # type: ignore[no-any-return]
+
+    def _scan_inputs(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """What the scan runs one invoke's prepared inputs as (here: as they are)."""
+        return args, kwargs
+
+    def _ensure_dispatched(self) -> None:
+        """Makes sure the wrapped model has its real weights before it runs (they always do
+        here; a LanguageModel loads them on its first run)."""
+
+    def _execute(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], generate: dict[str, Any] | None
+    ) -> Any:
+        """Runs the wrapped model on batched inputs: one forward pass, or ``generate`` with
+        the ``generate`` keyword arguments when they are given."""
+        if generate is None:
+            return self._model(*args, **kwargs)
+        return self._model.generate(*args, **kwargs, **generate)
+
+    def _replace_model(self, model: torch.nn.Module, keep: Iterable[Envoy] = ()) -> None:
+        """Wraps ``model`` (same architecture, say with real weights) instead: every envoy,
+        also one a user holds, now stands for the module at its path in ``model``; envoys in
+        ``keep`` (not part of the model) are left as they are. Scans are forgotten."""
+        kept = set(map(id, keep))
+        for envoy in self._envoy.modules():
+            if id(envoy) not in kept:
+                envoy._module = model.get_submodule(envoy.path[1:]) if envoy.path else model
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_scanner", Scanner(model))
+        self._index_modules()
+
+    # ----- the wrapped module -----------------------------------------------------------------
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._model(*args, **kwargs)
 
@@ -100,6 +165,18 @@ class NNsight:
         self._envoy.input = value
 
     def __getattr__(self, name: str) -> Any:
+        if name in _RETURNS_SELF:
+
+            def returning_the_wrapper(*args: Any, **kwargs: Any) -> NNsight:
+                if name not in ("eval", "train"):  # moving meta weights: load them first
+                    self._ensure_dispatched()
+                getattr(self._model, name)(*args, **kwargs)
+                # Scans kept dtypes and devices: forget them.
+                object.__setattr__(self, "_scanner", Scanner(self._model))
+                return self
+
+            returning_the_wrapper.__doc__ = getattr(torch.nn.Module, name).__doc__
+            return returning_the_wrapper
         return getattr(self._envoy, name)
 
     def __getitem__(self, key: int | str) -> Envoy:
@@ -117,10 +194,13 @@ class NNsight:
         return iter(self._envoy)
 
     def __setattr__(self, key: str, value: Any) -> None:
-        if key in ("output", "input"):
+        # The wrapper's own attributes (private ones, properties, those its class declares);
+        # anything else is the module's, as reads are.
+        if key.startswith("_") or hasattr(type(self), key):
             object.__setattr__(self, key, value)
         else:
             setattr(self._envoy, key, value)
 
     def __repr__(self) -> str:
-        return f"NNsight({self._model!r})"
+        """The module tree, as ``print(module)`` shows it (nnsight 0.2 printed the same)."""
+        return repr(self._envoy)

@@ -8,6 +8,7 @@ the same as on a Hugging Face model, but every block returns a plain tensor.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,3 +97,54 @@ class TinyTransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.transformer(input_ids))
+
+
+#: The vocabulary of :func:`save_language_model`'s word-level tokenizer.
+WORDS = (
+    "<eos> <unk> . , the a of in on is was to and it that as at by for from with not "
+    "city capital country river tower bridge museum Paris France London England Rome Italy "
+    "Berlin Germany Madrid Spain Eiffel Colosseum Thames Seine famous located known old new "
+    "big small red blue cat dog sat mat ran house tree when where which who what there "
+    "John Mary gave went store park school book ball one two three four five"
+).split()
+
+
+def save_language_model(path: str, architecture: str = "gpt2", seed: int = 0) -> str:
+    """Builds a small Hugging Face causal LM with random weights (``"gpt2"`` or ``"llama"``)
+    and a word-level tokenizer over :data:`WORDS`, saves both into ``path`` (as
+    ``save_pretrained`` does) and returns ``path``: a model directory that
+    ``LanguageModel(path)`` and ``transformers`` load like a downloaded one, with no download.
+    Needs ``transformers`` and ``tokenizers`` (the ``language`` extra)."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {word: i for i, word in enumerate(WORDS)}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    words.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=words,
+        eos_token="<eos>",
+        unk_token="<unk>",
+        model_input_names=["input_ids", "attention_mask"],  # as GPT-2's: no token_type_ids
+    )
+    common: dict[str, Any] = {"vocab_size": len(WORDS), "bos_token_id": 0, "eos_token_id": 0}
+    if architecture == "gpt2":
+        config: Any = transformers.GPT2Config(
+            n_layer=2, n_embd=64, n_head=4, n_positions=64, **common
+        )
+        build: Any = transformers.GPT2LMHeadModel
+    elif architecture == "llama":
+        config = transformers.LlamaConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, **common,
+        )  # fmt: skip
+        build = transformers.LlamaForCausalLM
+    else:
+        raise ValueError(f"architecture must be 'gpt2' or 'llama', got {architecture!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build(config).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -80,7 +80,7 @@ def infer(graph: Graph, node: Node) -> Any:
             graph._unknown[id] = f"{type(exc).__name__}: {exc}"
             continue
         if found is _EMPTY:
-            graph._unknown.setdefault(id, "its value depends on data or on a user function")
+            graph._unknown[id] = _why_unknown(graph, ancestor)
         else:
             ancestor._proxy_value = found
     return node._proxy_value
@@ -99,3 +99,19 @@ def _run_one(graph: Graph, node: Node) -> Any:
         if value is _EMPTY or not _safe_callee(value):
             return _EMPTY
     return graph._fake_value(node.target, node.args, node.kwargs, node.source)
+
+
+def _why_unknown(graph: Graph, node: Node) -> str:
+    """Why ``_run_one`` found no value for ``node``, for messages."""
+    kind = graph._core.kind(node.id)
+    if kind == "argument":
+        return (
+            "the scan gave no value for it (scan=False, a generation step after the first, "
+            "or a model fake tensors cannot run)"
+        )
+    if kind == "op" and not fake_safe(node.target):
+        return "it is computed by a user function, which is not run while tracing"
+    for dep in graph._core.dependencies(node.id):  # the first cause, which a chain keeps
+        if graph._node(dep).proxy_value is _EMPTY:
+            return graph._unknown.get(dep) or _why_unknown(graph, graph._node(dep))
+    return "it depends on the data (like .item() or nonzero())"
