@@ -329,3 +329,33 @@ def test_token_indexing_can_set(model_dir: str, plain: Any, tokenizer: Any) -> N
         model.lm_head.output.t[1] = 0
         logits = model.lm_head.output.save()
     assert torch.all(logits.value[0, 1] == 0) and not torch.all(logits.value[0, 0] == 0)
+
+
+# ----- memory -------------------------------------------------------------------------------
+
+
+def test_nothing_is_kept_after_traces_and_the_meta_model_is_dropped_on_load(
+    model_dir: str,
+) -> None:
+    import gc
+    import weakref
+
+    model = LanguageModel(model_dir)
+    meta_ref = weakref.ref(model._model)
+    graph_refs, value_refs = [], []
+    gc.collect()
+    gc.disable()
+    try:
+        for prompt in PROMPTS * 3:
+            with torch.no_grad(), model.trace(prompt) as tracer:
+                hidden = envoy_blocks(model)[0].mlp.output
+                (hidden * 2).shape  # a shape on demand keeps nothing alive either
+                kept = model.lm_head.output.save()
+            graph_refs.append(weakref.ref(tracer.graph))
+            value_refs.append(weakref.ref(kept.value))
+            del tracer, hidden, kept
+        assert meta_ref() is None  # the load replaced it, and nothing else held it
+        assert all(ref() is None for ref in graph_refs + value_refs)
+    finally:
+        gc.enable()
+    assert hook_count(model._model) == 0

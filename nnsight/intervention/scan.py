@@ -132,8 +132,8 @@ class Scanner:
         self.runs += 1
         try:
             return self._attempt(args, kwargs)
-        except Exception as first:
-            failure = first
+        except Exception as first:  # kept as text: the exception's frames hold the model
+            failure = f"{type(first).__name__}: {first}"
         # Models that branch on data (transformers 4.x asks `attention_mask.all()` to skip
         # building a causal mask) take their data-independent path when they believe they
         # are being compiled, the path torch.export needs: the same shapes, no data.
@@ -144,7 +144,7 @@ class Scanner:
                     return self._attempt(args, kwargs)
             except Exception:
                 pass
-        self.failure = f"{type(failure).__name__}: {failure}"
+        self.failure = failure
         return None  # fake tensors cannot run this model: values stay unknown
 
     def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallValues:

@@ -82,8 +82,8 @@ def infer(graph: Graph, node: Node) -> Any:
         if found is _EMPTY:
             graph._unknown[id] = _why_unknown(graph, ancestor)
         else:
-            ancestor._proxy_value = found
-    return node._proxy_value
+            ancestor._proxy_value = found  # a cached result stays lazy until read
+    return node.proxy_value
 
 
 def _run_one(graph: Graph, node: Node) -> Any:

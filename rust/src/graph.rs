@@ -784,7 +784,10 @@ impl<V> Graph<V> {
     /// Returns the old value for the caller to drop when it is safe to.
     pub fn replace_value(&mut self, id: NodeId, value: Option<V>) -> Result<Option<V>, GraphError> {
         self.check(id)?;
-        Ok(std::mem::replace(at_mut(&mut self.values, id as usize), value))
+        Ok(std::mem::replace(
+            at_mut(&mut self.values, id as usize),
+            value,
+        ))
     }
 
     /// Abandons the current execution: empties the ready stack, drops the pending swap and
