@@ -101,7 +101,8 @@ class TinyTransformer(nn.Module):
 
 #: The vocabulary of :func:`save_language_model`'s word-level tokenizer.
 WORDS = (
-    "<eos> <unk> . , the a of in on is was to and it that as at by for from with not "
+    "<eos> <unk> . , the a of in on is was to and it that as at by for from with not The A "
+    "Tower "
     "city capital country river tower bridge museum Paris France London England Rome Italy "
     "Berlin Germany Madrid Spain Eiffel Colosseum Thames Seine famous located known old new "
     "big small red blue cat dog sat mat ran house tree when where which who what there "
@@ -128,7 +129,13 @@ def save_language_model(path: str, architecture: str = "gpt2", seed: int = 0) ->
         unk_token="<unk>",
         model_input_names=["input_ids", "attention_mask"],  # as GPT-2's: no token_type_ids
     )
-    common: dict[str, Any] = {"vocab_size": len(WORDS), "bos_token_id": 0, "eos_token_id": 0}
+    # Weights 5x the usual scale: sharper next-word distributions, so edits visibly move them.
+    common: dict[str, Any] = {
+        "vocab_size": len(WORDS),
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "initializer_range": 0.1,
+    }
     if architecture == "gpt2":
         config: Any = transformers.GPT2Config(
             n_layer=2, n_embd=64, n_head=4, n_positions=64, **common
