@@ -11,6 +11,8 @@ exits. The total over ``COUNT`` is the count of one trace.
     saving every layer's output (and reading the saved values).
   * chain / chain-hooks: 1,000 chained ``h * 1.0001`` on a block output.
   * empty: a trace with one save on a one-Linear model.
+  * generate / generate-hooks: ``bench_language.py``'s generation row (20 new tokens on the
+    test GPT-2, the last block's output saved at every step).
 
 All under ``torch.no_grad()``, one torch thread. Takes ~15 minutes on two cores (two processes
 at a time). Run: ``python benches/count_instructions.py [variant ...]``; needs valgrind.
@@ -31,10 +33,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 #: Traces counted per variant family.
-COUNT = {"gpt2": 3, "chain": 3, "linear": 20, "empty": 200}
+COUNT = {"gpt2": 3, "chain": 3, "linear": 20, "empty": 200, "generate": 2}
 
 #: Rows printed: (ours, hooks) variant pairs.
-PAIRS = [("gpt2", "gpt2-hooks"), ("linear", "linear-hooks"), ("chain", "chain-hooks")]
+PAIRS = [
+    ("gpt2", "gpt2-hooks"),
+    ("linear", "linear-hooks"),
+    ("chain", "chain-hooks"),
+    ("generate", "generate-hooks"),
+]
 
 VARIANTS = [
     "gpt2",
@@ -45,6 +52,8 @@ VARIANTS = [
     "chain",
     "chain-hooks",
     "empty",
+    "generate",
+    "generate-hooks",
 ]
 
 
@@ -58,6 +67,15 @@ def build(variant: str) -> Callable[[], Any]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     family = variant.split("-")[0]
+    if family == "generate":
+        import tempfile
+
+        from bench_language import generate_variants
+
+        from nnsight.models.tiny import save_language_model
+
+        directory = save_language_model(tempfile.mkdtemp(), "gpt2")
+        return generate_variants(directory)["hooks" if variant.endswith("hooks") else "ours"]
     if family in ("gpt2", "chain"):
         config = TinyConfig(vocab_size=1000, n_positions=32, n_embd=256, n_head=4, n_layer=12)
         gpt = TinyTransformer(config).eval()
