@@ -312,3 +312,13 @@ def test_module_methods_that_return_self_return_the_wrapper() -> None:
 def test_printing_the_wrapper_shows_the_module_tree() -> None:
     net = mlp()
     assert repr(NNsight(net)) == repr(net)
+
+
+def test_a_saved_tensor_passes_isinstance_checks_for_its_value_type() -> None:
+    model = NNsight(mlp())
+    with model.trace(torch.randn(2, 8)):
+        out = model.output.save()
+        pair = model.input.save()
+    assert type(out) is SavedProxy and isinstance(out, SavedProxy)
+    assert isinstance(out, torch.Tensor) and not isinstance(out, tuple)
+    assert isinstance(pair, tuple) and isinstance(pair, SavedProxy)

@@ -117,11 +117,21 @@ class SavedProxy(InterventionProxy):
     """A saved proxy after its trace has run: every operation applies to its value.
 
     ``saved + 1``, ``saved[0]``, ``saved.shape``, ``torch.sum(saved)``, ``len(saved)``,
-    iteration and printing act on ``saved.value``; use ``.value`` for the value itself (an
-    ``isinstance`` check still sees a proxy). Used in a later trace, it is a constant.
+    iteration and printing act on ``saved.value``; use ``.value`` for the value itself. Used
+    in a later trace, it is a constant.
+
+    ``isinstance`` sees both: a saved tensor is an instance of ``SavedProxy`` (its type) and of
+    ``torch.Tensor`` (its ``__class__``, the value's type, as ``unittest.mock`` objects do), so
+    libraries that check for a tensor (``tokenizer.batch_decode(saved)`` in 0.2's tutorials)
+    take it. ``type(saved)`` is still ``SavedProxy``.
     """
 
     __slots__ = ()
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        value = self._core.value(self._id)
+        return SavedProxy if value is _EMPTY else type(value)
 
     def __getattr__(self, key: str) -> Any:
         if key == "node":  # a node Graph.add left unmade: Proxy makes it

@@ -45,15 +45,23 @@ class Invoke:
 
 class Invoker:
     """``with tracer.invoke(*inputs, **kwargs):`` — interventions written inside see and change
-    only this invoke's rows of the batch. Invokes cannot be nested."""
+    only this invoke's rows of the batch. Invokes cannot be nested.
+
+    Attributes:
+        inputs: The inputs as given; once the block is entered, as the model prepared them
+            (nnsight 0.2's: a LanguageModel's are ``(BatchEncoding,)`` with ``input_ids``).
+        kwargs: The keyword arguments as given.
+    """
 
     def __init__(self, tracer: Tracer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.tracer = tracer
-        self.inputs = (args, kwargs)
+        self.inputs = args
+        self.kwargs = kwargs
         self.invoke: Invoke | None = None
 
     def __enter__(self) -> Invoker:
-        self.invoke = self.tracer._open_invoke(*self.inputs)
+        invoke = self.invoke = self.tracer._open_invoke(self.inputs, self.kwargs)
+        self.inputs = self.tracer.model._invoker_inputs(invoke.args, invoke.kwargs)
         return self
 
     def __exit__(self, *exc: object) -> None:

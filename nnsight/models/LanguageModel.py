@@ -207,6 +207,13 @@ class LanguageModel(NNsight):
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return language_inputs.batch(invokes, self._pad_id())
 
+    def _invoker_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """``(BatchEncoding,)`` of the invoke's ids, mask and labels, as in nnsight 0.2."""
+        import transformers
+
+        keys = ("input_ids", "attention_mask", "labels")
+        return (transformers.BatchEncoding({k: kwargs[k] for k in keys if k in kwargs}),)
+
     def _to_model_device(self, values: Any) -> Any:
         parameter = next(self._model.parameters(), None)
         if parameter is None:

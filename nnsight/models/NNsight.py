@@ -110,6 +110,10 @@ class NNsight:
         """The prepared inputs of every invoke as one batch (see ``batching.combine``)."""
         return combine(invokes)  # type: ignore[no-any-return]
 
+    def _invoker_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """What ``invoker.inputs`` shows of an invoke's prepared inputs (here: the args)."""
+        return args
+
     def _scan_inputs(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
