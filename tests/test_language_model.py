@@ -239,6 +239,26 @@ def test_labels_are_batched_with_their_inputs(model_dir: str, plain: Any, tokeni
     assert torch.allclose(loss.value, expected)
 
 
+def test_other_keyword_arguments_of_invokes_are_batched(
+    model_dir: str, plain: Any, tokenizer: Any
+) -> None:
+    model = LanguageModel(model_dir)
+    prompts = ["the cat sat on the mat", "the dog ran to the park"]  # as many tokens
+    positions = [torch.tensor([[0, 0, 1, 1, 2, 2]]), torch.arange(6)[None]]  # RoPE: not a shift
+    with torch.no_grad(), model.trace() as tracer:
+        with tracer.invoke(prompts[0], position_ids=positions[0]):
+            shifted = model.output.logits.save()
+        with tracer.invoke(prompts[1], position_ids=positions[1]):
+            logits = model.output.logits.save()
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = plain(**batch, position_ids=torch.cat(positions)).logits
+        unshifted = plain(**batch).logits
+    assert torch.allclose(shifted.value, expected[:1], atol=1e-6)
+    assert torch.allclose(logits.value, expected[1:], atol=1e-6)
+    assert not torch.allclose(shifted.value, unshifted[:1], atol=1e-3)  # the ids mattered
+
+
 def test_bad_inputs_raise_a_type_error_listing_what_is_accepted(model_dir: str) -> None:
     model = LanguageModel(model_dir)
     for bad in (3.5, [1.5, 2.5], torch.zeros(2, 3, 4, dtype=torch.long), [], object()):

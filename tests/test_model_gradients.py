@@ -3,6 +3,8 @@ checked against ``torch.autograd.grad`` and gradient hooks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from model_helpers import grad_at, mlp, outputs_of
 
@@ -22,6 +24,25 @@ def test_grad_of_an_activation_matches_autograd() -> None:
     net.zero_grad()
 
 
+def first_weight_grad_with(
+    net: torch.nn.Sequential, x: torch.Tensor, change: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``net[0].weight.grad`` of ``net(x).sum()`` with a hook applying ``change`` to the
+    gradient flowing back into ``net[2]``'s output (plain PyTorch, for comparison)."""
+
+    def on_output(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
+        out.register_hook(change)
+
+    handle = net[2].register_forward_hook(on_output)
+    try:
+        net(x).sum().backward()
+    finally:
+        handle.remove()
+    grad = net[0].weight.grad.clone()
+    net.zero_grad()
+    return grad
+
+
 def test_setting_grad_replaces_the_gradient_flowing_back() -> None:
     net = mlp()
     model = NNsight(net)
@@ -32,18 +53,8 @@ def test_setting_grad_replaces_the_gradient_flowing_back() -> None:
         model.output.sum().backward()
     ours = net[0].weight.grad.clone()
     net.zero_grad()
-
-    def zero_grad_hook(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
-        out.register_hook(lambda g: g * 0)
-
-    handle = net[2].register_forward_hook(zero_grad_hook)
-    try:
-        net(x).sum().backward()
-    finally:
-        handle.remove()
-    assert torch.equal(ours, net[0].weight.grad)
+    assert torch.equal(ours, first_weight_grad_with(net, x, lambda g: g * 0))
     assert torch.all(ours == 0)
-    net.zero_grad()
 
 
 def test_gradients_of_two_invokes_are_their_own_rows() -> None:
@@ -95,18 +106,8 @@ def test_reading_grad_after_setting_it_sees_the_new_gradient_as_in_nnsight_02() 
     expected = grad_at(net, net[2], x, lambda out: out.sum())
     assert torch.allclose(before.value, expected)
     assert torch.allclose(after.value, expected * 3)  # 0.2: the new one; we returned the old
-
-    # And the tripled gradient is what flowed on into earlier layers: compare with a hook.
-    def triple_grad(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
-        out.register_hook(lambda g: g * 3)
-
-    handle = net[2].register_forward_hook(triple_grad)
-    try:
-        net(x).sum().backward()
-    finally:
-        handle.remove()
-    assert torch.allclose(first_weight_grad, net[0].weight.grad)
-    net.zero_grad()
+    # And the tripled gradient is what flowed on into earlier layers.
+    assert torch.allclose(first_weight_grad, first_weight_grad_with(net, x, lambda g: g * 3))
 
 
 def test_grad_belongs_to_any_graph_with_intervention_proxies() -> None:
