@@ -379,3 +379,102 @@ def test_nothing_is_kept_after_traces_and_the_meta_model_is_dropped_on_load(
     finally:
         gc.enable()
     assert hook_count(model._model) == 0
+
+
+# ----- decoder layers as transformers 4.x's tuples (nnsight 0.2 code indexes them) ---------
+
+
+def layer_hook_run(plain: Any, tokenizer: Any, prompt: str, index: int, change: Any) -> Any:
+    """Plain logits with ``change(hidden_states)`` applied to decoder layer ``index``'s
+    hidden states by a hook that returns the layer's output in its own form."""
+
+    def hook(module: torch.nn.Module, args: Any, out: Any) -> Any:
+        if isinstance(out, tuple):
+            return (change(out[0]), *out[1:])
+        return change(out)
+
+    handle = blocks(plain)[index].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return plain(**tokenizer(prompt, return_tensors="pt")).logits
+    finally:
+        handle.remove()
+
+
+def test_layer_outputs_are_tuples_whose_first_item_is_the_hidden_states(
+    model_dir: str, plain: Any, tokenizer: Any
+) -> None:
+    model = LanguageModel(model_dir)
+    prompt = "The Eiffel Tower is in the city of"
+    with torch.no_grad(), model.trace(prompt):
+        output = envoy_blocks(model)[1].output
+        assert isinstance(output.shape, tuple) and len(output) >= 1
+        states = envoy_blocks(model)[1].output[0].save()
+        first_token = envoy_blocks(model)[1].output[0].t[0].save()
+    (expected,) = forward_outputs(
+        plain, [blocks(plain)[1]], **tokenizer(prompt, return_tensors="pt")
+    )
+    assert states.shape == hidden(expected).shape and states.dim() == 3
+    assert torch.allclose(states.value, hidden(expected))
+    assert torch.allclose(first_token.value, hidden(expected)[:, 0])
+
+
+def test_editing_a_layer_through_its_tuple_reaches_the_model(
+    model_dir: str, plain: Any, tokenizer: Any
+) -> None:
+    model = LanguageModel(model_dir)
+    prompt = "The cat sat on the mat"
+    with torch.no_grad(), model.trace(prompt):
+        envoy_blocks(model)[0].output[0][:, -1] = 0  # in place, 0.2's spelling
+        zeroed = model.lm_head.output.save()
+    with torch.no_grad(), model.trace(prompt):
+        new, *rest = envoy_blocks(model)[1].output  # 0.2's README unpacking
+        envoy_blocks(model)[1].output = (new * 2, *rest)
+        doubled = model.lm_head.output.save()
+    with torch.no_grad(), model.trace(prompt):
+        envoy_blocks(model)[1].output = envoy_blocks(model)[1].output[0] * 2  # a tensor too
+        doubled_too = model.lm_head.output.save()
+
+    def zero_last(states: torch.Tensor) -> torch.Tensor:
+        states = states.clone()
+        states[:, -1] = 0
+        return states
+
+    assert torch.allclose(zeroed.value, layer_hook_run(plain, tokenizer, prompt, 0, zero_last))
+    expected = layer_hook_run(plain, tokenizer, prompt, 1, lambda states: states * 2)
+    assert torch.allclose(doubled.value, expected, atol=1e-5)
+    assert torch.allclose(doubled_too.value, expected, atol=1e-5)
+
+
+def test_layer_tuples_off_shows_what_transformers_returns(model_dir: str, plain: Any) -> None:
+    model = LanguageModel(model_dir, layer_tuples=False)
+    with torch.no_grad(), model.trace("The cat sat"):
+        output = envoy_blocks(model)[0].output.save()
+    with torch.no_grad():
+        (native,) = forward_outputs(
+            plain, [blocks(plain)[0]], **model.tokenizer("The cat sat", return_tensors="pt")
+        )
+    assert type(output.value) is type(native)
+
+
+def test_generation_steps_of_a_layer_index_its_tuple(
+    model_dir: str, plain: Any, tokenizer: Any
+) -> None:
+    model = LanguageModel(model_dir)
+    with model.generate("The Eiffel Tower is in the city of", max_new_tokens=3):
+        first = envoy_blocks(model)[-1].output[0].save()
+        second = envoy_blocks(model)[-1].next().output[0].save()
+    seen: list[Any] = []
+    handle = blocks(plain)[-1].register_forward_hook(lambda m, a, out: seen.append(hidden(out)))
+    try:
+        with torch.no_grad():
+            plain.generate(
+                **tokenizer("The Eiffel Tower is in the city of", return_tensors="pt"),
+                max_new_tokens=3,
+                do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+    finally:
+        handle.remove()
+    assert torch.allclose(first.value, seen[0]) and torch.allclose(second.value, seen[1])
+    assert second.shape[1] == 1  # a cached step: one new token

@@ -1,6 +1,7 @@
 """nnsight 0.2's own tutorials (docs/source/notebooks at v0.2.21), run unchanged but for the
 model (built locally instead of downloaded) and print calls, each result checked against
-plain PyTorch. The cells that index a GPT-2 block's output as a tuple are issue 18's."""
+plain PyTorch, under transformers 5 (GPT-2 blocks return a tensor) and 4 (a tuple): 0.2 code
+indexes block outputs as tuples (``output[0]``), which ``LanguageModel`` keeps working."""
 
 from __future__ import annotations
 
@@ -168,3 +169,125 @@ def test_logit_lens_reads_invoker_inputs(lm_dir: str) -> None:
     with torch.no_grad():
         expected = torch.cat([net.lm_head(net.transformer.ln_f(o)).softmax(-1) for o in seen])
     assert torch.allclose(probs, expected, atol=1e-6)
+
+
+def block_outputs(net: torch.nn.Module, prompt: str, tokenizer: object) -> list[torch.Tensor]:
+    """Every GPT-2 block's hidden states in a plain forward (hooks)."""
+    seen: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, args: object, out: object) -> None:
+        seen.append(out[0] if isinstance(out, tuple) else out)  # type: ignore[index]
+
+    handles = [block.register_forward_hook(keep) for block in net.transformer.h]
+    try:
+        with torch.no_grad():
+            net(**tokenizer(prompt, return_tensors="pt"))  # type: ignore[operator]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def test_feature_notebooks_that_index_block_outputs(lm_dir: str) -> None:
+    from nnsight import LanguageModel
+
+    model = LanguageModel(lm_dir)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    prompt = "The Eiffel Tower is in the city of"
+    expected = block_outputs(plain, prompt, model.tokenizer)[-1]
+
+    # getting
+    with model.trace(prompt) as tracer:
+        hidden_states = model.transformer.h[-1].output[0].save()
+    assert torch.allclose(hidden_states.value, expected)
+
+    # setting
+    torch.manual_seed(0)
+    with model.trace(prompt) as tracer:
+        hidden_states_pre = model.transformer.h[-1].output[0].clone().save()
+        noise = (0.001**0.5) * torch.randn(hidden_states_pre.shape)
+        model.transformer.h[-1].output[0][:] = hidden_states_pre + noise
+        hidden_states_post = model.transformer.h[-1].output[0].save()
+    torch.manual_seed(0)
+    assert torch.allclose(hidden_states_pre.value, expected)
+    noise = (0.001**0.5) * torch.randn(expected.shape)
+    assert torch.allclose(hidden_states_post.value, expected + noise)
+
+    # operations
+    with model.trace(prompt) as tracer:
+        hidden_states_pre = model.transformer.h[-1].output[0].save()
+        hs_sum = torch.sum(hidden_states_pre).save()
+        hs_edited = hidden_states_pre + hs_sum
+        hs_edited = hs_edited.save()
+    assert torch.allclose(hs_sum.value, expected.sum(), rtol=1e-4)
+    assert torch.allclose(hs_edited.value, expected + expected.sum(), rtol=1e-4)
+
+    # modules
+    with model.trace(prompt) as tracer:
+        hidden_states = model.transformer.h[-1].output[0]
+        hidden_states = model.lm_head(model.transformer.ln_f(hidden_states)).save()
+        tokens = torch.softmax(hidden_states, dim=2).argmax(dim=2).save()
+    with torch.no_grad():
+        lens = plain.lm_head(plain.transformer.ln_f(expected))
+    assert torch.allclose(hidden_states.value, lens, atol=1e-5)
+    assert torch.equal(tokens.value, lens.softmax(dim=2).argmax(dim=2))
+    assert isinstance(model.tokenizer.decode(tokens[0]), str)
+
+    # multiple_token
+    with model.generate(prompt, max_new_tokens=3) as tracer:
+        hidden_states1 = model.transformer.h[-1].output[0].save()
+        hidden_states2 = model.transformer.h[-1].next().output[0].save()
+        hidden_states3 = model.transformer.h[-1].next().output[0].save()
+        out = model.generator.output.save()
+    assert hidden_states1.shape == expected.shape
+    assert hidden_states2.shape == hidden_states3.shape == (1, 1, expected.shape[-1])
+    assert out.shape == (1, expected.shape[1] + 3)
+
+    # token_indexing
+    with model.trace(prompt) as tracer:
+        hidden_states = model.transformer.h[-1].output[0].t[0].save()
+        output = model.output.save()
+    assert torch.allclose(hidden_states.value, expected[:, 0])
+    with model.trace() as tracer:
+        with tracer.invoke("The") as invoker:
+            correct_a = model.transformer.input[0][0].t[0].save()
+        with tracer.invoke("The Eiffel Tower is in the city of") as invoker:
+            correct_b = model.transformer.input[0][0].t[0].save()
+    assert (
+        correct_a.value.tolist()
+        == correct_b.value.tolist()
+        == [model.tokenizer("The")["input_ids"][0]]
+    )
+
+
+def test_gradient_notebook(lm_dir: str) -> None:
+    from nnsight import LanguageModel
+
+    model = LanguageModel(lm_dir)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    with model.trace("Hello World") as tracer:
+        hidden_states = model.transformer.h[-1].output[0].save()
+        hidden_states_grad = model.transformer.h[-1].output[0].grad.save()
+        model.output.logits.sum().backward()
+    seen: list[torch.Tensor] = []
+    keep = plain.transformer.h[-1].register_forward_hook(
+        lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        logits = plain(**model.tokenizer("Hello World", return_tensors="pt")).logits
+    finally:
+        keep.remove()
+    (expected,) = torch.autograd.grad(logits.sum(), seen[0])
+    assert torch.allclose(hidden_states.value, seen[0].detach())
+    assert torch.allclose(hidden_states_grad.value, expected, atol=1e-6)
+
+    with model.trace("Hello World") as tracer:
+        hidden_states = model.transformer.h[-1].output[0].save()
+        hidden_states_grad_before = hidden_states.grad.clone().save()
+        hidden_states.grad = torch.zeros(hidden_states.grad.shape)
+        hidden_states_grad_after = hidden_states.grad.save()
+        logits = model.output.logits
+        logits.sum().backward()
+    assert torch.allclose(hidden_states_grad_before.value, expected, atol=1e-6)
+    assert torch.equal(hidden_states_grad_after.value, torch.zeros_like(expected))
+    model._model.zero_grad()

@@ -116,6 +116,8 @@ class Tracer:
         self._forward_kwargs = {} if self._implicit else kwargs
         self._invokes: list[Invoke] = []
         self._invoke: Invoke | None = None
+        #: Proxies derived from an envoy's, once per argument node (see ``LayerEnvoy``).
+        self.views: dict[int, InterventionProxy] = {}
         #: Which module calls envoys read, and their proxies (see `ModuleReads`).
         self._reads = ModuleReads(
             self.graph._core, self.graph._nodes, self.graph.proxy_class, ScannedValue, SOURCE_FINDER
@@ -155,6 +157,7 @@ class Tracer:
                     invoke.scan.release()  # read or not, drop the hold on the inputs
             self._reads.clear()
             self._invokes.clear()
+            self.views.clear()
 
     @property
     def generating(self) -> bool:
@@ -220,11 +223,15 @@ class Tracer:
             self._current_invoke(envoy, kind)  # raises: no invoke is open
         return proxy  # type: ignore[return-value]  # not None: that raised
 
-    def set_module_value(self, envoy: Envoy, kind: str, value: Any) -> None:
-        """Replaces ``envoy``'s input or output at its current call, for this invoke's rows."""
+    def set_module_value(self, envoy: Envoy, kind: str, value: Any, checked: Any = _EMPTY) -> None:
+        """Replaces ``envoy``'s input or output at its current call, for this invoke's rows.
+
+        ``checked``: what the batch-size check looks at, when ``value`` is a node made from
+        it (a view's replacement, see ``LayerEnvoy``); by default ``value`` itself.
+        """
         current = self.module_value(envoy, kind)
         invoke = self._current_invoke(envoy, kind)
-        self._check_rows(envoy, kind, current, value, invoke)
+        self._check_rows(envoy, kind, current, value if checked is _EMPTY else checked, invoke)
         self.graph.add(target="swap", value=_EMPTY, args=[current.node, value])
         # Later reads in this invoke get a new argument node, set after the swap is applied.
         self._reads.forget(envoy, kind)

@@ -16,6 +16,7 @@ from ..intervention.batching import map_tensors
 from ..intervention.envoy import Envoy
 from ..intervention.proxy import InterventionProxy
 from . import language_inputs
+from .layer_outputs import LayerEnvoy, is_decoder_layer
 from .NNsight import NNsight
 from .token_indexing import LanguageModelProxy, TokenIndexer
 
@@ -92,6 +93,12 @@ class LanguageModel(NNsight):
     ``model.generator.output`` is the ids it returned. Proxies have ``.token[i]`` / ``.t[i]``
     (:class:`TokenIndexer`).
 
+    ``layer_tuples=True`` (the default) shows every decoder layer's ``.output`` as a tuple
+    ``(hidden_states, ...)``, as transformers 4.x returned it and 0.2 code indexes it
+    (``model.transformer.h[0].output[0]``), also under transformers 5, whose layers return the
+    hidden states alone (where ``output[0]`` would silently be batch row 0). ``False`` shows
+    what the installed transformers returns (see :mod:`nnsight.models.layer_outputs`).
+
     Attributes:
         tokenizer: The tokenizer (None when there is none).
         config: The model's Hugging Face config.
@@ -110,6 +117,7 @@ class LanguageModel(NNsight):
         automodel: Any = None,
         dispatch: bool = False,
         tokenizer_kwargs: dict[str, Any] | None = None,
+        layer_tuples: bool = True,
         **kwargs: Any,
     ) -> None:
         import transformers  # the `language` extra: imported only by those who use it
@@ -145,6 +153,10 @@ class LanguageModel(NNsight):
             )
         self.tokenizer = _left_padding(tokenizer)
         super().__init__(model)
+        if layer_tuples:
+            for envoy in self._envoy.modules():
+                if is_decoder_layer(envoy._module):
+                    envoy.__class__ = LayerEnvoy
         self._generator = WrapperModule()
         generator = _GeneratorEnvoy(self._generator, ".generator", self._session)
         self._generator_envoy = generator

@@ -23,12 +23,15 @@ What is cached, and what is not (choices, made for safety):
 from __future__ import annotations
 
 import operator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from .Proxy import proxy_call
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
 _TENSOR = object()
 _BOUND = object()
@@ -136,6 +139,14 @@ def _in_place(name: str) -> bool:
     return name.endswith("_") and not name.endswith("__")
 
 
+def pure(fn: _Fn) -> _Fn:
+    """Marks a function of nnsight's own as pure: its result's metadata depends on its
+    arguments' alone, and it does nothing else. Its nodes are then treated as those of a
+    ``torch`` function: cached, effect-free, and run on fake tensors when asked."""
+    fn.__nnsight_pure__ = True  # type: ignore[attr-defined]
+    return fn
+
+
 def pure_target(target: Any) -> bool:
     """Whether ``target``'s result metadata depends on its arguments' metadata alone."""
     try:
@@ -145,6 +156,8 @@ def pure_target(target: Any) -> bool:
             return False
     except TypeError:  # unhashable target
         return False
+    if getattr(target, "__nnsight_pure__", False) is True:
+        return True
     name = getattr(target, "__name__", "")
     if not isinstance(name, str) or _in_place(name) or isinstance(target, torch.nn.Module):
         return False
@@ -213,9 +226,19 @@ def snapshot(value: Any) -> tuple[Any, ...] | None:
         _arg_key(value)
     except _Uncacheable:
         return None
-    if isinstance(value, torch.Tensor):
+    if _holds_tensor(value):  # a tuple of fakes (torch.split) would be shared between nodes
         return None
     return (None, value)
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(item) for item in value.values())
+    return False
 
 
 def rebuild(kept: tuple[Any, ...], mode: FakeTensorMode) -> Any:
