@@ -248,10 +248,11 @@ def test_feature_notebooks_that_index_block_outputs(lm_dir: str) -> None:
         hidden_states = model.transformer.h[-1].output[0].t[0].save()
         output = model.output.save()
     assert torch.allclose(hidden_states.value, expected[:, 0])
+    assert output.logits.shape[:2] == expected.shape[:2]
     with model.trace() as tracer:
         with tracer.invoke("The") as invoker:
             correct_a = model.transformer.input[0][0].t[0].save()
-        with tracer.invoke("The Eiffel Tower is in the city of") as invoker:
+        with tracer.invoke("The Eiffel Tower is in the city of") as invoker:  # noqa: F841
             correct_b = model.transformer.input[0][0].t[0].save()
     assert (
         correct_a.value.tolist()
@@ -281,7 +282,7 @@ def test_gradient_notebook(lm_dir: str) -> None:
     assert torch.allclose(hidden_states.value, seen[0].detach())
     assert torch.allclose(hidden_states_grad.value, expected, atol=1e-6)
 
-    with model.trace("Hello World") as tracer:
+    with model.trace("Hello World") as tracer:  # noqa: F841 (the notebook's code)
         hidden_states = model.transformer.h[-1].output[0].save()
         hidden_states_grad_before = hidden_states.grad.clone().save()
         hidden_states.grad = torch.zeros(hidden_states.grad.shape)

@@ -71,13 +71,13 @@ class LayerEnvoy(Envoy):
         tracer = self._session.tracer
         if tracer is None:  # pragma: no cover  (Envoy.output raised)
             return proxy  # type: ignore[no-any-return]
-        view = tracer.views.get(proxy._id)
+        view: Any = tracer.views.get(proxy._id)
         if view is None:
             view = tracer.graph.add(
                 target=as_layer_tuple, value=_TupleValue(proxy.node), args=[proxy]
             )
-            tracer.views[proxy._id] = view  # type: ignore[assignment]
-        return view  # type: ignore[return-value]
+            tracer.views[proxy._id] = view
+        return view  # type: ignore[no-any-return]
 
     def _set_output(self, value: Any) -> None:
         tracer = self._tracer("output")
