@@ -6,7 +6,8 @@ Rust core, :mod:`nnsight._core`. :class:`NNsight` wraps a model so that such gra
 interleaved with its real forward and backward passes (:mod:`nnsight.intervention`).
 """
 
-from . import errors, intervention, models, tracing
+from . import errors, intervention, models, tracing, util
+from .config import CONFIG
 from .errors import (
     ExecutionError,
     NNsightError,
@@ -18,6 +19,7 @@ from .models import LanguageModel, NNsight
 from .tracing import Graph, Node, Proxy, proxy_wrapper
 
 __all__ = [
+    "CONFIG",
     "ExecutionError",
     "Graph",
     "LanguageModel",
@@ -33,4 +35,5 @@ __all__ = [
     "models",
     "proxy_wrapper",
     "tracing",
+    "util",
 ]

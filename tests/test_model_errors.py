@@ -167,3 +167,19 @@ def test_a_swap_that_needs_a_later_module_raises_and_leaves_no_hooks(invokes: in
     with model.trace(x):  # the model is usable at once
         out = model.output.save()
     assert torch.equal(out.value, model._model(x))
+
+
+def test_remote_execution_is_refused_rather_than_passed_to_the_model() -> None:
+    net = mlp()
+    model = NNsight(net)
+    x = torch.randn(2, 8)
+    for options in ({"remote": True}, {"backend": "ray"}, {"remote": True, "blocking": False}):
+        with pytest.raises(NotImplementedError, match="remote execution"):
+            with model.trace(x, **options):
+                model.output.save()
+    with pytest.raises(TypeError, match="invoker_args"):
+        model.trace(x, invoker_args={"scan": False})
+    assert hook_count(net) == 0
+    with model.trace(x, remote=False, blocking=True) as tracer:  # local: accepted, not passed
+        out = model.output.save()
+    assert torch.equal(out.value, net(x)) and torch.equal(tracer.output, net(x))

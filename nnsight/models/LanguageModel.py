@@ -15,6 +15,7 @@ from ..errors import TracingError
 from ..intervention.batching import map_tensors
 from ..intervention.envoy import Envoy
 from ..intervention.proxy import InterventionProxy
+from ..util import WrapperModule
 from . import language_inputs
 from .layer_outputs import LayerEnvoy, is_decoder_layer
 from .NNsight import NNsight
@@ -33,14 +34,6 @@ _HUB_KWARGS = (
     "force_download",
     "proxies",
 )
-
-
-class WrapperModule(torch.nn.Module):
-    """Passes its input through (one argument: that argument), so hooks can see it: the
-    ``generator`` of a LanguageModel is called with what ``generate`` returned."""
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return args[0] if len(args) == 1 else args
 
 
 class _GeneratorEnvoy(Envoy):

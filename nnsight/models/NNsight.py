@@ -18,6 +18,28 @@ from ..intervention.tracer import Tracer
 _RETURNS_SELF = ("to", "cpu", "cuda", "eval", "train", "half", "float", "double", "bfloat16")
 
 
+#: Options of nnsight's remote execution (0.2's ``remote=True`` and its companions, modern
+#: nnsight's ``backend=``): taken out of a trace's keyword arguments, never passed to the model.
+_REMOTE_OPTIONS = ("remote", "blocking", "remote_include_output", "backend")
+
+
+def _take_remote_options(kwargs: dict[str, Any]) -> None:
+    """Removes the remote-execution options from ``kwargs``; asking for remote execution is an
+    error until it exists (it used to reach the model's forward, which ignored it)."""
+    options = {name: kwargs.pop(name) for name in _REMOTE_OPTIONS if name in kwargs}
+    if options.get("remote") or options.get("backend") is not None:
+        shown = ", ".join(f"{name}={value!r}" for name, value in options.items())
+        raise NotImplementedError(
+            f"model.trace/generate({shown}): remote execution is not available in this "
+            "version of nnsight; run the trace locally (without remote=)"
+        )
+    if "invoker_args" in kwargs:
+        raise TypeError(
+            "invoker_args= was nnsight 0.2's way to pass keyword arguments to the implicit "
+            "invoke: pass them to model.trace(...) itself, or open tracer.invoke(...) blocks"
+        )
+
+
 class NNsight:
     """A model wrapped for interventions.
 
@@ -65,6 +87,7 @@ class NNsight:
     ) -> Any:
         """Opens a trace (see :class:`~nnsight.intervention.tracer.Tracer`); with
         ``trace=False`` just runs the model on the inputs and returns its output."""
+        _take_remote_options(kwargs)
         if not trace:
             args, forward_kwargs, _ = self._prepare_inputs(inputs, kwargs)
             self._ensure_dispatched()
@@ -89,6 +112,7 @@ class NNsight:
         scanned (later steps, with a KV cache, have other shapes): the rest have unknown
         proxy values.
         """
+        _take_remote_options(kwargs)
         if not callable(getattr(self._model, "generate", None)):
             raise TypeError(
                 f"{type(self._model).__name__} has no generate() method; use model.trace(...)"
