@@ -88,7 +88,7 @@ def test_node_edges_counts_and_state() -> None:
     assert not yn.done() and yn.redundant() and not xn.done()
     zn.destroy()
     assert not zn.done()
-    with pytest.raises(ValueNotSetError, match="'mul_0' has no value"):
+    with pytest.raises(ValueNotSetError, match=r"'mul_0' \(traced at .*\) has no value"):
         zn.value
     with pytest.raises(ValueNotSetError):
         y.value

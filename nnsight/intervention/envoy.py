@@ -29,6 +29,20 @@ def spell_path(path: str) -> str:
     )
 
 
+def spell_argument_key(key: str) -> str | None:
+    """How a user wrote the module value an argument key names: ``.transformer.h.0.output.0``
+    is ``model.transformer.h[0].output``, a later call's with its call number (after
+    ``.next()``); None for keys that are not module values."""
+    parts = key.rsplit(".", 2)
+    if len(parts) != 3:
+        return None
+    path, kind, call = parts
+    if kind not in ("output", "input") or not call.isdigit() or (path and path[0] != "."):
+        return None
+    spelled = f"{spell_path(path)}.{kind}"
+    return spelled if call == "0" else f"{spelled} (call {call}, after .next())"
+
+
 class Session:
     """What all envoys of one wrapped model share: the trace open on it, if any, and that
     trace's module reads (the core's ``ModuleReads``, which hands out ``.output`` proxies)."""

@@ -65,6 +65,8 @@ class Interleaver:
         self.plan: dict[tuple[str, str], dict[int, list[Entry]]] = {}
         #: Calls seen per key hooked in Python.
         self.calls: dict[tuple[str, str], int] = {}
+        #: What each swap applied so far replaced, as messages spell it (newest last).
+        self.applied: list[str] = []
         self._hooks = HookSet()
         self._outputs = OutputHook(graph._core, graph._nodes, self._output_fallback)
 
@@ -206,9 +208,11 @@ class Interleaver:
         replacement = graph.get_swap(view)
         what = f"setting {spell_path(path)}.{kind} (traced at {format_source(swap.source)})"
         try:
-            return splice(activation, replacement, rows, what)
+            spliced = splice(activation, replacement, rows, what)
         except TracingError as exc:
             raise ExecutionError(str(exc), swap.name) from None
+        self.applied.append(what)
+        return spliced
 
     def unreached(self) -> str | None:
         """What the graph asked of module calls that never happened (``.next()`` past the last
@@ -222,11 +226,22 @@ class Interleaver:
                 if call >= made:
                     missed.extend((path, kind, call, made, node_id) for node_id, _ in entries)
         core = self.graph._core
-        lines = [
-            f"{spell_path(path)}.{kind} of call {call} (traced at "
-            f"{format_source(self.graph._node(node_id).source)}) was never reached: the "
-            f"module ran {made} time(s) in this forward pass"
-            for path, kind, call, made, node_id in missed
-            if core.remaining_listeners(node_id)
-        ]
-        return "; ".join(lines) + " (check the number of .next() calls)" if lines else None
+        first: dict[tuple[str, str, int], tuple[int, int]] = {}  # one line per module call
+        for path, kind, call, made, node_id in missed:
+            if core.remaining_listeners(node_id):
+                first.setdefault((path, kind, call), (made, node_id))
+        lines = []
+        for (path, kind, call), (made, node_id) in first.items():
+            source = format_source(self.graph._node(node_id).source)
+            if call == 0:
+                lines.append(
+                    f"{spell_path(path)}.{kind} (traced at {source}) was never reached: the "
+                    "module did not run in this run (is it part of what the model calls?)"
+                )
+            else:
+                lines.append(
+                    f"{spell_path(path)}.{kind} of call {call} (traced at {source}) was never "
+                    f"reached: the module ran {made} time(s) in this run (check the number of "
+                    ".next() calls)"
+                )
+        return "; ".join(lines) if lines else None

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..tracing import Proxy
-from ..tracing._source import SOURCE_FINDER
+from ..tracing._source import SOURCE_FINDER, user_source
+from ..tracing.Node import not_saved_error
 from ..tracing._walk import map_structure
 from ..tracing.Proxy import BINARY_OPERATORS, COMPARISON_OPERATORS, UNARY_OPERATORS
 
@@ -43,7 +44,12 @@ class InterventionProxy(Proxy):
 
     def _graph(self) -> InterventionGraph:
         graph = self._core.graph()  # leaves a node Graph.add has not made unmade
-        return self.node.graph if graph is None else graph  # type: ignore[return-value]
+        if graph is None:  # its trace is over and gone: say so as any use of it would
+            node = self.node
+            if not node.done():
+                raise not_saved_error(node, user_source())
+            return node.graph  # type: ignore[return-value]  # raises ReferenceError
+        return graph  # type: ignore[no-any-return]
 
     @property
     def grad(self) -> InterventionProxy:

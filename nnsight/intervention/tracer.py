@@ -13,8 +13,10 @@ import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .._core import ModuleReads, set_classes
-from ..errors import TracingError
+from ..errors import TracingError, ValidationError
 from ..tracing._source import SOURCE_FINDER, format_source, user_source
 from .batching import Rows
 from .envoy import Envoy, spell_path
@@ -231,7 +233,10 @@ class Tracer:
         """
         current = self.module_value(envoy, kind)
         invoke = self._current_invoke(envoy, kind)
-        self._check_rows(envoy, kind, current, value if checked is _EMPTY else checked, invoke)
+        checked = value if checked is _EMPTY else checked
+        self._check_rows(envoy, kind, current, checked, invoke)
+        if self.graph.validate and kind == "output":
+            self._check_shape(envoy, current, checked)
         self.graph.add(target="swap", value=_EMPTY, args=[current.node, value])
         # Later reads in this invoke get a new argument node, set after the swap is applied.
         self._reads.forget(envoy, kind)
@@ -256,6 +261,23 @@ class Tracer:
                 f"setting {spell_path(envoy.path)}.output at {format_source(user_source())}: "
                 f"the new value has batch size {known.shape[0]} but this invoke has "
                 f"{invoke.size} row(s); it must match (nnsight 0.2 silently truncated the batch)"
+            )
+
+    def _check_shape(self, envoy: Envoy, current: InterventionProxy, value: Any) -> None:
+        """With validation on: refuses, at the user's line, a replacement of a module's output
+        whose shape differs from the output's (both known), instead of failing inside the next
+        module at run time."""
+        new = value._known_value() if isinstance(value, InterventionProxy) else value
+        old = current._known_value()
+        if (
+            isinstance(new, torch.Tensor)
+            and isinstance(old, torch.Tensor)
+            and tuple(new.shape) != tuple(old.shape)
+        ):
+            raise ValidationError(
+                f"setting {spell_path(envoy.path)}.output at {format_source(user_source())}: "
+                f"the new value has shape {tuple(new.shape)} where the module gives "
+                f"{tuple(old.shape)}"
             )
 
     # ----- running ----------------------------------------------------------------------------
@@ -292,6 +314,9 @@ class Tracer:
             graph._core.abort()
             if hasattr(exc, "add_note") and not isinstance(exc, TracingError):
                 exc.add_note(f"(raised while running the trace at {format_source(self._source)})")
+                # A value put in the model's place is the likely cause of an error after it.
+                for what in interleaver.applied[-3:]:
+                    exc.add_note(f"(the model had gone on after {what})")
             raise
         set_classes(graph.saved, SavedProxy)  # each: object.__setattr__(p, "__class__", ...)
         graph.saved.clear()

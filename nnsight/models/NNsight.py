@@ -40,6 +40,15 @@ def _take_remote_options(kwargs: dict[str, Any]) -> None:
         )
 
 
+def _holds_text(inputs: Any) -> bool:
+    """Whether a string sits among ``inputs`` (top level, or in lists and tuples)."""
+    if isinstance(inputs, str):
+        return True
+    if isinstance(inputs, dict):
+        return any(_holds_text(value) for value in inputs.values())
+    return isinstance(inputs, (list, tuple)) and any(_holds_text(item) for item in inputs)
+
+
 class NNsight:
     """A model wrapped for interventions.
 
@@ -153,9 +162,18 @@ class NNsight:
     ) -> Any:
         """Runs the wrapped model on batched inputs: one forward pass, or ``generate`` with
         the ``generate`` keyword arguments when they are given."""
-        if generate is None:
-            return self._model(*args, **kwargs)
-        return self._model.generate(*args, **kwargs, **generate)
+        try:
+            if generate is None:
+                return self._model(*args, **kwargs)
+            return self._model.generate(*args, **kwargs, **generate)
+        except Exception as exc:
+            if _holds_text((args, kwargs)):
+                exc.add_note(
+                    "(the input is text, and NNsight passes inputs to the module as they are: "
+                    "use LanguageModel(...) for a Hugging Face language model, which "
+                    "tokenizes, or pass token ids)"
+                )
+            raise
 
     def _replace_model(self, model: torch.nn.Module, keep: Iterable[Envoy] = ()) -> None:
         """Wraps ``model`` (same architecture, say with real weights) instead: every envoy,

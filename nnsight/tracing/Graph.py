@@ -14,10 +14,10 @@ from ..errors import TracingError, ValidationError, caused_by
 from . import fake_cache, inference
 from ._describe import describe
 from ._source import format_source, user_source
-from ._walk import iter_instances, map_structure
+from ._walk import first_instance, iter_instances, map_structure
 from .effects import has_effect, target_has_effect
 from .fake_cache import LazyFake, LazyValue
-from .Node import RESERVED_TARGETS, Node, target_name
+from .Node import RESERVED_TARGETS, Node, not_saved_error, target_name
 from .Proxy import Proxy, bind_node, proxy_call
 from .validation import FakeRunner
 
@@ -146,6 +146,7 @@ class Graph:
         self._has_grads = False
         #: Nodes whose proxy value ``infer`` found cannot be known, with the reason.
         self._unknown: dict[int, str] = {}
+        self._ran = False  # compiled (run) at least once
         self.generation_idx = 0
         self.module_proxy = self.add(target="argument", value=module, args=[ROOT_ARGUMENT])
 
@@ -238,6 +239,10 @@ class Graph:
                 f"keyed '{ROOT_ARGUMENT}', made with the graph); a graph has only one"
             )
         if not self._tracing:  # the attributes behind the properties: no frame each
+            used = first_instance((args, kwargs), (Proxy, Node))
+            node = used.node if isinstance(used, Proxy) else used
+            if node is not None and node._core is self._core and self._ran and not node.done():
+                raise not_saved_error(node, user_source(2))  # a proxy of a trace that has run
             raise TracingError(
                 f"cannot add '{target_name(target)}' at {format_source(user_source(2))}: the "
                 "graph is no longer tracing (proxies can only be used inside their trace)"
@@ -388,6 +393,7 @@ class Graph:
         to ``module``, which executes everything that depends only on it.
         """
         self.generation_idx = 0
+        self._ran = True
         self._core.compile(self._nodes)
         root = self._core.root()
         if root is not None:

@@ -23,6 +23,7 @@ import torch
 
 from .._core import ForeignNode
 from ..errors import ExecutionError, TracingError, ValueNotSetError, caused_by
+from ._describe import describe_node
 from ._source import format_source, user_source
 from ._walk import iter_instances, map_structure
 from .fake_cache import LazyValue
@@ -223,6 +224,8 @@ class Node:
         """Adds a node to this node's graph (``Graph.add``); raises if the graph is gone."""
         graph = self._graph_ref()
         if graph is None:
+            if not self.done():  # a proxy of a trace that is over, used again
+                raise not_saved_error(self, user_source())
             raise TracingError(
                 f"cannot add '{target_name(target)}' after node '{self.name}': its graph no "
                 "longer exists"
@@ -270,11 +273,42 @@ class Node:
         value = self._core.value(self.id)
         if value is _EMPTY:
             raise ValueNotSetError(
-                f"node '{self.name}' has no value: the graph has not run it yet, or its value "
-                "was freed because nothing listened to it any more (call .save() on its proxy "
-                "to keep it)"
+                f"{describe_node(self)} (traced at {format_source(self.source)}) has no value: "
+                f"{self._why_no_value()}"
             )
         return value
+
+    def _why_no_value(self) -> str:
+        graph = self._graph_ref()
+        if graph is not None and not graph._ran:
+            return (
+                "the graph has not run yet; a trace runs when its `with` block ends, so read "
+                ".value after the block (inside it, use the proxy itself)"
+            )
+        core = self._core
+        if not any(core.kind(i) == "null" for i in core.listeners(self.id)):
+            return (
+                "its value was freed once nothing needed it any more; call .save() on the "
+                "proxy in the trace to keep it"
+            )
+        if self._after_a_gradient():
+            return (
+                "it is (or is computed from) a gradient, and no backward pass reached it: call "
+                ".backward() in the trace, on a value computed from the one whose .grad this is"
+            )
+        return "the last run did not compute it (did the module it comes from run?), or it was freed since"
+
+    def _after_a_gradient(self) -> bool:
+        """Whether this node is a ``grad`` node or depends on one."""
+        core, seen, stack = self._core, {self.id}, [self.id]
+        while stack:
+            id = stack.pop()
+            if core.kind(id) == "grad":
+                return True
+            fresh = [dep for dep in core.dependencies(id) if dep not in seen]
+            seen.update(fresh)
+            stack.extend(fresh)
+        return False
 
     @value.setter
     def value(self, value: Any) -> None:
@@ -472,14 +506,20 @@ def _finished_value(node: Node, used_at: tuple[str, int]) -> Any:
     being traced, or one whose value was freed because it was not saved."""
     if node.is_tracing():
         raise TracingError(
-            f"at {format_source(used_at)}: node '{node.name}' belongs to another graph that is "
-            f"still being traced (traced at {format_source(node.source)}); a proxy can only be "
-            "used in the trace that made it"
+            f"at {format_source(used_at)}: proxy {describe_node(node)} belongs to another graph "
+            f"that is still being traced (traced at {format_source(node.source)}); a proxy can "
+            "only be used in the trace that made it"
         )
     if not node.done():
-        raise TracingError(
-            f"at {format_source(used_at)}: proxy '{node.name}' (traced at "
-            f"{format_source(node.source)}) comes from an earlier trace and was not saved, so "
-            "its value no longer exists; call .save() on it in that trace to use it here"
-        )
+        raise not_saved_error(node, used_at)
     return node.value
+
+
+def not_saved_error(node: Node, used_at: tuple[str, int]) -> TracingError:
+    """The error for a proxy of a trace that has run, used again (on either side of an
+    expression) although it was not saved."""
+    return TracingError(
+        f"at {format_source(used_at)}: proxy {describe_node(node)} (traced at "
+        f"{format_source(node.source)}) comes from an earlier trace and was not saved, so "
+        "its value no longer exists; call .save() on it in that trace to use it here"
+    )

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._core import proxy_node
 from ..errors import TracingError
-from ._describe import describe
-from ._source import SOURCE_FINDER
+from ._describe import describe, describe_node
+from ._source import SOURCE_FINDER, format_source
 from ._walk import iter_instances
 
 if TYPE_CHECKING:
@@ -136,36 +136,34 @@ class Proxy:
         reason = None if graph is None else graph.unknown_reason(self.node)
         shown = describe(value) if value is not _EMPTY else "unknown"
         raise TracingError(
-            f"{what} proxy '{self.node.name}' needs its length, which is not known while "
+            f"{what} {_where(self)} needs its length, which is not known while "
             f"tracing (its proxy value is {shown}{f': {reason}' if reason else ''}). Index it "
             "explicitly (proxy[0], proxy[1], ...)."
         )
 
     def __bool__(self) -> bool:
         raise TracingError(
-            f"the truth value of proxy '{self.node.name}' is not known while tracing, so "
+            f"the truth value of {_where(self)} is not known while tracing, so "
             "`if`/`while`/`and`/`or` on it cannot be recorded. Compute the condition with torch "
             "ops (e.g. torch.where) or use the value after the graph has run."
         )
 
     def __contains__(self, item: Any) -> bool:
         raise TracingError(
-            f"`in` on proxy '{self.node.name}' must return a bool now, but the value is not "
+            f"`in` on {_where(self)} must return a bool now, but the value is not "
             "known while tracing."
         )
 
     def __index__(self) -> int:
         raise TracingError(
-            f"proxy '{self.node.name}' cannot be used as a Python int while tracing (its value "
+            f"{_where(self)} cannot be used as a Python int while tracing (its value "
             "is not known yet)."
         )
 
     __int__ = __index__
 
     def __float__(self) -> float:
-        raise TracingError(
-            f"proxy '{self.node.name}' cannot be used as a Python float while tracing."
-        )
+        raise TracingError(f"{_where(self)} cannot be used as a Python float while tracing.")
 
     @classmethod
     def __torch_function__(
@@ -201,12 +199,18 @@ def _owning_proxy(values: Any, target: Any) -> Proxy:
         elif proxy._core is not owner._core:
             raise TracingError(
                 f"{getattr(target, '__name__', target)!s} mixes proxies of two graphs "
-                f"('{owner.node.name}' and '{proxy.node.name}'); a proxy belongs to the trace "
+                f"({_where(owner)} and {_where(proxy)}); a proxy belongs to the trace "
                 "that made it (use .save() and .value to carry values between traces)."
             )
     if owner is None:
         raise TracingError(f"{target!r} was routed to Proxy but has no proxy argument")
     return owner
+
+
+def _where(proxy: Proxy) -> str:
+    """A proxy as the user wrote it and the line that made it, for messages."""
+    node = proxy.node
+    return f"proxy {describe_node(node)} (traced at {format_source(node.source)})"
 
 
 def _graph_of(proxy: Proxy) -> Any:
