@@ -12,8 +12,8 @@ import torch
 
 from ..tracing import Proxy
 from ..tracing._source import SOURCE_FINDER, user_source
-from ..tracing.Node import not_saved_error
 from ..tracing._walk import map_structure
+from ..tracing.Node import not_saved_error
 from ..tracing.Proxy import BINARY_OPERATORS, COMPARISON_OPERATORS, UNARY_OPERATORS
 
 if TYPE_CHECKING:

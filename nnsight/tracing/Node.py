@@ -278,6 +278,10 @@ class Node:
             )
         return value
 
+    @value.setter
+    def value(self, value: Any) -> None:
+        self._core.replace_value(self.id, value)
+
     def _why_no_value(self) -> str:
         graph = self._graph_ref()
         if graph is not None and not graph._ran:
@@ -309,10 +313,6 @@ class Node:
             seen.update(fresh)
             stack.extend(fresh)
         return False
-
-    @value.setter
-    def value(self, value: Any) -> None:
-        self._core.replace_value(self.id, value)
 
     def done(self) -> bool:
         """Whether the value is set."""
