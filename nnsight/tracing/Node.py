@@ -300,7 +300,10 @@ class Node:
                 "it is (or is computed from) a gradient, and no backward pass reached it: call "
                 ".backward() in the trace, on a value computed from the one whose .grad this is"
             )
-        return "the last run did not compute it (did the module it comes from run?), or it was freed since"
+        return (
+            "the last run did not compute it (did the module it comes from run?), or it was "
+            "freed since"
+        )
 
     def _after_a_gradient(self) -> bool:
         """Whether this node is a ``grad`` node or depends on one."""
