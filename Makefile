@@ -12,13 +12,32 @@ help: ## list the targets
 $(PY):
 	python3 -m venv $(VENV)
 
+# What an install depends on: with an editable install Python edits are live, so only these
+# make a new build (of the Rust extension) worth its 30 s. A stamp per extra and environment.
+BUILD_INPUTS := pyproject.toml Cargo.toml Cargo.lock $(shell find rust -name '*.rs')
+
+$(VENV)/.nnsight-%.installed: $(BUILD_INPUTS) | $(PY)
+	@echo "installing nnsight with '.[$*]' into $(VENV) (the first time, torch is a few GB)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[$*]'
+	@touch $@
+
+.PHONY: tools
+tools: ## check what the demo needs: python3 >= 3.10, cargo and rustc >= 1.95
+	@command -v python3 >/dev/null || { echo "make: python3 is missing: install Python 3.10 or later"; exit 1; }
+	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "make: Python 3.10 or later is needed, python3 is $$(python3 --version)"; exit 1; }
+	@command -v cargo >/dev/null && command -v rustc >/dev/null || { echo "make: cargo is missing: install Rust 1.95 or later (https://rustup.rs)"; exit 1; }
+	@rustc --version | python3 -c 'import sys; v = sys.stdin.read().split()[1]; sys.exit(tuple(map(int, v.split(".")[:2])) < (1, 95))' || { echo "make: Rust 1.95 or later is needed, rustc is $$(rustc --version): rustup update"; exit 1; }
+
+.PHONY: test-tools
+test-tools: tools ## check what make test needs besides: rustfmt and clippy
+	@cargo fmt --version >/dev/null 2>&1 || { echo "make: rustfmt is missing: rustup component add rustfmt"; exit 1; }
+	@cargo clippy --version >/dev/null 2>&1 || { echo "make: clippy is missing: rustup component add clippy"; exit 1; }
+
 .PHONY: install
-install: $(PY) ## create .venv and install nnsight (builds the Rust extension) with dev tools
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+install: test-tools $(VENV)/.nnsight-dev.installed ## install nnsight (builds the Rust extension) with the dev tools, if not up to date
 
 .PHONY: install-demo
-install-demo: $(PY) ## install nnsight with the `language` extra only (what the demo needs)
-	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[language]'
+install-demo: tools $(VENV)/.nnsight-language.installed ## install nnsight with the `language` extra only (what the demo needs), if not up to date
 
 .PHONY: demo
 demo: install-demo ## run the demo: LanguageModel on a small GPT-2 built locally, read, patch, generate, gradients
@@ -35,7 +54,7 @@ lint: install ## rustfmt, clippy (with and without the bindings), ruff, mypy, st
 	$(PY) -m mypy.stubtest nnsight._core
 
 .PHONY: test-rust
-test-rust: ## Rust unit tests of the pure graph core (no Python needed)
+test-rust: tools ## Rust unit tests of the pure graph core (no Python needed)
 	cargo test
 
 .PHONY: test-python
