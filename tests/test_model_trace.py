@@ -322,3 +322,15 @@ def test_a_saved_tensor_passes_isinstance_checks_for_its_value_type() -> None:
     assert type(out) is SavedProxy and isinstance(out, SavedProxy)
     assert isinstance(out, torch.Tensor) and not isinstance(out, tuple)
     assert isinstance(pair, tuple) and isinstance(pair, SavedProxy)
+
+
+def test_a_saved_value_of_an_earlier_trace_can_be_the_input_of_the_next() -> None:
+    net = mlp()
+    model = NNsight(net)
+    x = torch.randn(2, 8)
+    with model.trace(x):
+        hidden = model[1].output.save()
+    with model.trace(hidden):  # a SavedProxy as the input: scanned and run on its value
+        shape = model[2].output.shape
+        out = model[2].output.save()
+    assert shape == (2, 8) and torch.equal(out.value, net[:3](hidden.value))

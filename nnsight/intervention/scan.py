@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+from ..tracing import Proxy
 from ..tracing.fake_cache import LazyValue
 from ..tracing.validation import FakeRunner
 from .batching import map_tensors, rebuild_like
@@ -166,8 +167,12 @@ class Scanner:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         try:
             stand_ins = _stand_ins(self._model, mode)
+            def fake(tensor: torch.Tensor) -> torch.Tensor:
+                # A saved proxy of an earlier trace passes for a tensor (SavedProxy): its value.
+                return mode.from_tensor(tensor.value if isinstance(tensor, Proxy) else tensor)
+
             with mode:
-                fake_args, fake_kwargs = map_tensors((args, kwargs), mode.from_tensor)
+                fake_args, fake_kwargs = map_tensors((args, kwargs), fake)
                 if stand_ins is None:
                     self._model(*fake_args, **fake_kwargs)
                 else:
