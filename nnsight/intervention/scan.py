@@ -167,6 +167,7 @@ class Scanner:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         try:
             stand_ins = _stand_ins(self._model, mode)
+
             def fake(tensor: torch.Tensor) -> torch.Tensor:
                 # A saved proxy of an earlier trace passes for a tensor (SavedProxy): its value.
                 return mode.from_tensor(tensor.value if isinstance(tensor, Proxy) else tensor)
