@@ -11,6 +11,7 @@ from .config import CONFIG
 from .errors import (
     ExecutionError,
     NNsightError,
+    SerializationError,
     TracingError,
     ValidationError,
     ValueNotSetError,
@@ -27,6 +28,7 @@ __all__ = [
     "NNsightError",
     "Node",
     "Proxy",
+    "SerializationError",
     "TracingError",
     "ValidationError",
     "ValueNotSetError",

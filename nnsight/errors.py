@@ -41,6 +41,13 @@ class ValueNotSetError(NNsightError, ValueError):
     """``.value`` was read before the node's value was set, or after it was freed."""
 
 
+class SerializationError(NNsightError, ValueError):
+    """A graph cannot be written as a message (it holds a user's function, a lambda, an
+    object the wire format has no spelling for), or a message cannot be read: another format
+    version, truncated or corrupted bytes, a target outside the allowlist, a module path
+    outside the model. Reading never executes anything from the message."""
+
+
 _Error = TypeVar("_Error", bound=NNsightError)
 
 #: (our class, the cause's class) -> a class deriving from both.

@@ -139,11 +139,17 @@ def _in_place(name: str) -> bool:
     return name.endswith("_") and not name.endswith("__")
 
 
+#: Every function marked :func:`pure`, by ``module.qualname`` (the graph wire format names
+#: them so, and resolves only names found here).
+PURE_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+
 def pure(fn: _Fn) -> _Fn:
     """Marks a function of nnsight's own as pure: its result's metadata depends on its
     arguments' alone, and it does nothing else. Its nodes are then treated as those of a
     ``torch`` function: cached, effect-free, and run on fake tensors when asked."""
     fn.__nnsight_pure__ = True  # type: ignore[attr-defined]
+    PURE_FUNCTIONS[f"{fn.__module__}.{fn.__qualname__}"] = fn
     return fn
 
 
