@@ -169,14 +169,16 @@ def test_a_swap_that_needs_a_later_module_raises_and_leaves_no_hooks(invokes: in
     assert torch.equal(out.value, model._model(x))
 
 
-def test_remote_execution_is_refused_rather_than_passed_to_the_model() -> None:
+def test_remote_options_are_never_passed_to_the_model() -> None:
     net = mlp()
     model = NNsight(net)
     x = torch.randn(2, 8)
-    for options in ({"remote": True}, {"backend": "ray"}, {"remote": True, "blocking": False}):
-        with pytest.raises(NotImplementedError, match="remote execution"):
-            with model.trace(x, **options):
-                model.output.save()
+    with pytest.raises(TracingError, match="remote='<the name"):  # a module has no key
+        with model.trace(x, remote=True):
+            model.output.save()
+    for options in ({"backend": "ray"}, {"remote": "w", "blocking": False}):
+        with pytest.raises(NotImplementedError):
+            model.trace(x, **options)
     with pytest.raises(TypeError, match="invoker_args"):
         model.trace(x, invoker_args={"scan": False})
     assert hook_count(net) == 0

@@ -29,18 +29,28 @@ def spell_path(path: str) -> str:
     )
 
 
-def spell_argument_key(key: str) -> str | None:
-    """How a user wrote the module value an argument key names: ``.transformer.h.0.output.0``
-    is ``model.transformer.h[0].output``, a later call's with its call number (after
-    ``.next()``); None for keys that are not module values."""
+def parse_argument_key(key: str) -> tuple[str, str, int] | None:
+    """``(path, "input" | "output", call)`` of a module read's argument key
+    (``".transformer.h.0.output.0"``), or None for a key that is not one."""
     parts = key.rsplit(".", 2)
     if len(parts) != 3:
         return None
     path, kind, call = parts
     if kind not in ("output", "input") or not call.isdigit() or (path and path[0] != "."):
         return None
+    return path, kind, int(call)
+
+
+def spell_argument_key(key: str) -> str | None:
+    """How a user wrote the module value an argument key names: ``.transformer.h.0.output.0``
+    is ``model.transformer.h[0].output``, a later call's with its call number (after
+    ``.next()``); None for keys that are not module values."""
+    parsed = parse_argument_key(key)
+    if parsed is None:
+        return None
+    path, kind, call = parsed
     spelled = f"{spell_path(path)}.{kind}"
-    return spelled if call == "0" else f"{spelled} (call {call}, after .next())"
+    return spelled if call == 0 else f"{spelled} (call {call}, after .next())"
 
 
 class Session:

@@ -91,6 +91,9 @@ class Tracer:
         scan: Give envoy proxies proxy values from a fake forward pass, so ``.shape``,
             ``len()`` and unpacking work. On by default and cheap: the scan runs only when a
             value is read, and is cached per input signature (see ``scan``).
+        remote: Run the graph on a remote worker instead (``nnsight.remote``): True for the
+            worker serving the model's key, or the worker's name. ``remote_timeout``: seconds
+            to wait for it; ``remote_include_output``: also bring back the model's output.
 
     Attributes:
         graph: The intervention graph being recorded.
@@ -106,6 +109,9 @@ class Tracer:
         validate: bool = False,
         scan: bool = True,
         generate: dict[str, Any] | None = None,
+        remote: str | bool | None = None,
+        remote_timeout: float | None = None,
+        remote_include_output: bool = False,
     ) -> None:
         self.model = model
         self.graph = InterventionGraph(
@@ -114,6 +120,11 @@ class Tracer:
         self.scan = scan
         self.output: Any = None
         self._generate = generate
+        #: Where the graph runs: None here, else the remote worker's name or True (see
+        #: ``nnsight.remote``).
+        self.remote: str | bool | None = remote
+        self.remote_timeout = remote_timeout
+        self.remote_include_output = remote_include_output
         self._implicit = (inputs, kwargs) if inputs or kwargs else None
         self._forward_kwargs = {} if self._implicit else kwargs
         self._invokes: list[Invoke] = []
@@ -283,44 +294,70 @@ class Tracer:
     # ----- running ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        graph = self.graph
-        graph.tracing = False
+        self.graph.tracing = False
         if not self._invokes:
             raise TracingError(
                 f"the trace at {format_source(self._source)} has no inputs: pass them to "
                 "model.trace(...) or open tracer.invoke(...) blocks"
             )
-        self.model._ensure_dispatched()  # a LanguageModel loads its weights on its first run
-        args, kwargs = self.model._batch_inputs(
-            [(invoke.args, invoke.kwargs) for invoke in self._invokes]
+        if self.remote is not None:
+            from ..remote.client import run_remotely  # the remote extra, imported when used
+
+            self.output = run_remotely(self)
+            return
+        self.output = run_graph(
+            self.model,
+            self.graph,
+            self._reads,
+            self._invokes,
+            self._forward_kwargs,
+            self._generate,
+            self._source,
         )
-        kwargs = {**kwargs, **self._forward_kwargs}
-        total = sum(invoke.size for invoke in self._invokes)
-        rows = [Rows(invoke.start, invoke.size, total) for invoke in self._invokes]
-        # A module whose value nothing live needs gets no hook at all (the interleaver plans
-        # from the reads whose nodes are live).
-        graph._eliminate_dead_code()
-        interleaver = Interleaver(graph, self._reads, self.model._modules_by_path, rows)
-        module = self.model._model
-        try:
-            with interleaver:
-                graph.compile(module)
-                # In generation each step calls the modules again: step n is call n.
-                output = self.model._execute(args, kwargs, self._generate)
-            unreached = interleaver.unreached()
-            if unreached is not None:
-                raise TracingError(unreached)
-        except BaseException as exc:
-            graph._core.abort()
-            if hasattr(exc, "add_note") and not isinstance(exc, TracingError):
-                exc.add_note(f"(raised while running the trace at {format_source(self._source)})")
-                # A value put in the model's place is the likely cause of an error after it.
-                for what in interleaver.applied[-3:]:
-                    exc.add_note(f"(the model had gone on after {what})")
-            raise
-        set_classes(graph.saved, SavedProxy)  # each: object.__setattr__(p, "__class__", ...)
-        graph.saved.clear()
-        self.output = output
+
+
+def run_graph(
+    model: NNsight,
+    graph: InterventionGraph,
+    reads: ModuleReads,
+    invokes: list[Invoke],
+    forward_kwargs: dict[str, Any],
+    generate: dict[str, Any] | None,
+    source: tuple[str, int],
+) -> Any:
+    """Runs ``graph`` interleaved with one run of ``model`` (a forward pass, or ``generate``
+    with those keyword arguments) on the invokes' inputs batched, and returns what the run
+    returned. ``reads`` are the module values the graph's argument nodes take; ``source`` is
+    the trace's line, for notes on errors. Saved proxies become ``SavedProxy``."""
+    model._ensure_dispatched()  # a LanguageModel loads its weights on its first run
+    args, kwargs = model._batch_inputs([(invoke.args, invoke.kwargs) for invoke in invokes])
+    kwargs = {**kwargs, **forward_kwargs}
+    total = sum(invoke.size for invoke in invokes)
+    rows = [Rows(invoke.start, invoke.size, total) for invoke in invokes]
+    # A module whose value nothing live needs gets no hook at all (the interleaver plans
+    # from the reads whose nodes are live).
+    graph._eliminate_dead_code()
+    interleaver = Interleaver(graph, reads, model._modules_by_path, rows)
+    module = model._model
+    try:
+        with interleaver:
+            graph.compile(module)
+            # In generation each step calls the modules again: step n is call n.
+            output = model._execute(args, kwargs, generate)
+        unreached = interleaver.unreached()
+        if unreached is not None:
+            raise TracingError(unreached)
+    except BaseException as exc:
+        graph._core.abort()
+        if hasattr(exc, "add_note") and not isinstance(exc, TracingError):
+            exc.add_note(f"(raised while running the trace at {format_source(source)})")
+            # A value put in the model's place is the likely cause of an error after it.
+            for what in interleaver.applied[-3:]:
+                exc.add_note(f"(the model had gone on after {what})")
+        raise
+    set_classes(graph.saved, SavedProxy)  # each: object.__setattr__(p, "__class__", ...)
+    graph.saved.clear()
+    return output
 
 
 def _has_rows(value: Any) -> bool:

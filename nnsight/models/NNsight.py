@@ -18,26 +18,35 @@ from ..intervention.tracer import Tracer
 _RETURNS_SELF = ("to", "cpu", "cuda", "eval", "train", "half", "float", "double", "bfloat16")
 
 
-#: Options of nnsight's remote execution (0.2's ``remote=True`` and its companions, modern
-#: nnsight's ``backend=``): taken out of a trace's keyword arguments, never passed to the model.
-_REMOTE_OPTIONS = ("remote", "blocking", "remote_include_output", "backend")
+#: Options of remote execution (0.2's ``remote=True`` and its companions): taken out of a
+#: trace's keyword arguments, never passed to the model.
+_REMOTE_OPTIONS = ("remote", "blocking", "remote_include_output", "remote_timeout", "backend")
 
 
-def _take_remote_options(kwargs: dict[str, Any]) -> None:
-    """Removes the remote-execution options from ``kwargs``; asking for remote execution is an
-    error until it exists (it used to reach the model's forward, which ignored it)."""
+def _take_remote_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Removes the remote-execution options from ``kwargs`` and returns what the tracer
+    needs of them (see ``nnsight.remote``)."""
     options = {name: kwargs.pop(name) for name in _REMOTE_OPTIONS if name in kwargs}
-    if options.get("remote") or options.get("backend") is not None:
-        shown = ", ".join(f"{name}={value!r}" for name, value in options.items())
+    if options.get("backend") is not None:
         raise NotImplementedError(
-            f"model.trace/generate({shown}): remote execution is not available in this "
-            "version of nnsight; run the trace locally (without remote=)"
+            f"backend={options['backend']!r}: nnsight runs traces locally or, with "
+            "remote=True, on a worker started by nnsight.remote.serve(...)"
         )
+    if options.get("blocking", True) is not True:
+        raise NotImplementedError("blocking=False: remote traces wait for their results")
     if "invoker_args" in kwargs:
         raise TypeError(
             "invoker_args= was nnsight 0.2's way to pass keyword arguments to the implicit "
             "invoke: pass them to model.trace(...) itself, or open tracer.invoke(...) blocks"
         )
+    remote = options.get("remote") or None
+    if remote is not None and not isinstance(remote, (bool, str)):
+        raise TypeError(f"remote= is True or a worker's name, not {type(remote).__name__}")
+    return {
+        "remote": remote,
+        "remote_timeout": options.get("remote_timeout"),
+        "remote_include_output": bool(options.get("remote_include_output", False)),
+    }
 
 
 def _holds_text(inputs: Any) -> bool:
@@ -96,12 +105,12 @@ class NNsight:
     ) -> Any:
         """Opens a trace (see :class:`~nnsight.intervention.tracer.Tracer`); with
         ``trace=False`` just runs the model on the inputs and returns its output."""
-        _take_remote_options(kwargs)
+        remote = _take_remote_options(kwargs)
         if not trace:
             args, forward_kwargs, _ = self._prepare_inputs(inputs, kwargs)
             self._ensure_dispatched()
             return self._execute(args, forward_kwargs, None)
-        return Tracer(self, inputs, kwargs, validate=validate, scan=scan)
+        return Tracer(self, inputs, kwargs, validate=validate, scan=scan, **remote)
 
     def generate(
         self,
@@ -121,12 +130,12 @@ class NNsight:
         scanned (later steps, with a KV cache, have other shapes): the rest have unknown
         proxy values.
         """
-        _take_remote_options(kwargs)
+        remote = _take_remote_options(kwargs)
         if not callable(getattr(self._model, "generate", None)):
             raise TypeError(
                 f"{type(self._model).__name__} has no generate() method; use model.trace(...)"
             )
-        return Tracer(self, inputs, {}, validate=validate, scan=scan, generate=kwargs)
+        return Tracer(self, inputs, {}, validate=validate, scan=scan, generate=kwargs, **remote)
 
     # ----- how inputs reach the model (overridden by LanguageModel) ---------------------------
 

@@ -306,6 +306,32 @@ impl ModuleReads {
         Ok(Some(proxy))
     }
 
+    /// Records that `node`, an `argument` node already in the graph, reads call `call` of
+    /// `envoy`'s `kind` for rows `start..start + size`: a graph rebuilt from a message
+    /// (`nnsight.serialization`) is planned from the same list of reads as a traced one.
+    #[allow(clippy::too_many_arguments)] // the six fields of a read, as the interleaver has them
+    fn register(
+        slf: &Bound<'_, Self>,
+        envoy: &Bound<'_, PyAny>,
+        kind: &Bound<'_, PyString>,
+        call: u32,
+        node: NodeId,
+        start: usize,
+        size: usize,
+    ) -> PyResult<()> {
+        let output = parse_kind(kind)?;
+        let index = Self::envoy_index(slf, envoy)?;
+        slf.borrow_mut().reads.push(Read {
+            envoy: index,
+            output,
+            call,
+            node,
+            start,
+            size,
+        });
+        Ok(())
+    }
+
     /// Forgets the proxy `read` hands out for `envoy`'s `kind` at its current call in the open
     /// invoke: after a swap, later reads get a new node, set once the swap is applied.
     fn forget(

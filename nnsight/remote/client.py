@@ -1,0 +1,104 @@
+"""The client side of ``remote=True``: send the trace, wait, put the saved values in place."""
+
+from __future__ import annotations
+
+import builtins
+from typing import TYPE_CHECKING, Any
+
+from .. import errors
+from .._core import set_classes
+from ..errors import ExecutionError, NNsightError, TracingError
+from ..intervention.proxy import SavedProxy
+from ..serialization import dumps
+from . import messages
+
+if TYPE_CHECKING:
+    from ..intervention.tracer import Tracer
+
+#: Seconds a remote trace waits for its worker before giving up (``remote_timeout=``).
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def worker_name(tracer: Tracer) -> str:
+    """The worker a trace goes to: ``remote="name"``, or its model's key."""
+    if isinstance(tracer.remote, str):
+        return tracer.remote
+    key = getattr(tracer.model, "_model_key", None)
+    if isinstance(key, str):
+        return key
+    raise TracingError(
+        "remote=True sends the trace to the worker serving this model's key, and this model "
+        "has none (it wraps a module): pass remote='<the name given to nnsight.remote.serve>'"
+    )
+
+
+def run_remotely(tracer: Tracer) -> Any:
+    """Runs ``tracer``'s graph on its worker; the saved proxies get the values computed there.
+    Returns the model's output when ``remote_include_output=True``, else None."""
+    from . import actor
+
+    name = worker_name(tracer)
+    graph = tracer.graph
+    data = messages.request(
+        dumps(graph),
+        [(i.args, i.kwargs, i.start, i.size) for i in tracer._invokes],
+        tracer._forward_kwargs,
+        tracer._generate,
+        [proxy._id for proxy in graph.saved],
+        tracer.remote_include_output,
+    )
+    body = messages.read_response(actor.call(name, data, tracer.remote_timeout))
+    if body[0] == "error":
+        raise _local_error(tracer, name, *body[1:])
+    _, values, output = body
+    saved = {proxy._id for proxy in graph.saved}
+    for id, value in values:
+        if id in saved:
+            graph._core.replace_value(id, value)
+    set_classes(graph.saved, SavedProxy)
+    graph.saved.clear()
+    return output
+
+
+def _local_error(
+    tracer: Tracer,
+    worker: str,
+    kind: str,
+    message: str,
+    node_name: str | None,
+    cause_kind: str | None,
+    cause_message: str,
+    notes: list[str],
+) -> BaseException:
+    """The error a remote run raised, as the local one: its type (ours or a builtin's), its
+    message, and for a node's error the user's line here (the worker's lines mean nothing)."""
+    graph = tracer.graph
+    if kind == "ExecutionError" and node_name is not None and node_name in graph.nodes:
+        cause = _rebuild(cause_kind or "RuntimeError", cause_message)
+        error = graph.nodes[node_name]._execution_error(cause)
+    else:
+        error = _rebuild(kind, message)
+    error.add_note(f"(raised by the remote worker {worker!r})")
+    for note in notes:
+        if "remote worker>" not in note:  # the worker's own line for the trace
+            error.add_note(note)
+    return error
+
+
+def _rebuild(kind: str, message: str) -> BaseException:
+    """An exception of the class named ``kind``: one of nnsight's, a builtin exception, or
+    else a RuntimeError that names it."""
+    ours = getattr(errors, kind, None)
+    if isinstance(ours, type) and issubclass(ours, NNsightError):
+        error: BaseException = BaseException.__new__(ours)
+        BaseException.__init__(error, message)
+        if isinstance(error, ExecutionError):
+            error.node_name = ""
+        return error
+    builtin = getattr(builtins, kind, None)
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        try:
+            return builtin(message)
+        except TypeError:  # a constructor that wants more (UnicodeDecodeError)
+            pass
+    return RuntimeError(f"{kind}: {message}")
