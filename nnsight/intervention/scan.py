@@ -165,8 +165,9 @@ class Scanner:
             handles.append(module.register_forward_pre_hook(_pre(keep, path), with_kwargs=True))
             handles.append(module.register_forward_hook(_post(keep, path)))
         mode = FakeTensorMode(allow_non_fake_inputs=True)
+        paused = _pause_offloading(self._model)
         try:
-            stand_ins = _stand_ins(self._model, mode)
+            stand_ins = _stand_ins(self._model, mode, _execution_devices(self._model))
 
             def fake(tensor: torch.Tensor) -> torch.Tensor:
                 # A saved proxy of an earlier trace passes for a tensor (SavedProxy): its value.
@@ -181,6 +182,8 @@ class Scanner:
         finally:
             for handle in handles:
                 handle.remove()
+            for hook in paused:
+                hook.offload = True
         return found
 
 
@@ -189,10 +192,49 @@ class Scanner:
 STAND_IN_DEVICE = torch.device("cpu")
 
 
-def _stand_ins(model: torch.nn.Module, mode: FakeTensorMode) -> dict[str, torch.Tensor] | None:
-    """For a model whose weights are not loaded (on ``meta``), fake tensors on
-    :data:`STAND_IN_DEVICE` for every parameter and buffer, to scan it with as if loaded
-    (``meta`` itself runs few models: autocast, for one, refuses it). None otherwise."""
+def _offload_hooks(module: torch.nn.Module) -> list[Any]:
+    """accelerate's ``AlignDevicesHook``s on ``module`` (a dispatched model's), if any."""
+    hook = getattr(module, "_hf_hook", None)
+    hooks = getattr(hook, "hooks", [hook]) if hook is not None else []
+    return [h for h in hooks if hasattr(h, "offload") and hasattr(h, "execution_device")]
+
+
+def _pause_offloading(model: torch.nn.Module) -> list[Any]:
+    """Stops accelerate's hooks of an offloaded model from loading weights (from the CPU or
+    the disk) while the scan runs: they would write real weights into the module under the
+    fake mode. Inputs still move to each module's execution device. Returns the hooks to
+    turn back on."""
+    paused = []
+    for module in model.modules():
+        for hook in _offload_hooks(module):
+            if hook.offload:
+                hook.offload = False
+                paused.append(hook)
+    return paused
+
+
+def _execution_devices(model: torch.nn.Module) -> dict[int, torch.device]:
+    """``id(tensor)`` -> where accelerate runs the module holding it, for every parameter
+    and buffer under a hook (deeper hooks win); an offloaded weight's stand-in goes there."""
+    devices: dict[int, torch.device] = {}
+    for module in model.modules():  # parents before children
+        for hook in _offload_hooks(module):
+            device = hook.execution_device
+            if device is None:
+                continue
+            device = torch.device(device) if not isinstance(device, torch.device) else device
+            for tensor in [*module.parameters(), *module.buffers()]:
+                devices[id(tensor)] = device
+    return devices
+
+
+def _stand_ins(
+    model: torch.nn.Module, mode: FakeTensorMode, devices: dict[int, torch.device]
+) -> dict[str, torch.Tensor] | None:
+    """For a model whose weights are not loaded (on ``meta``: before a LanguageModel's first
+    run, or offloaded by accelerate), fake tensors for every parameter and buffer, to scan it
+    with as if loaded (``meta`` itself runs few models: autocast, for one, refuses it): on
+    ``devices`` where given, else :data:`STAND_IN_DEVICE`. None when nothing is on meta."""
     tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(model.named_buffers(remove_duplicate=False))
     if not any(tensor.is_meta for tensor in tensors.values()):
@@ -203,7 +245,11 @@ def _stand_ins(model: torch.nn.Module, mode: FakeTensorMode) -> dict[str, torch.
             meta = torch.empty_strided(
                 tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta"
             ).requires_grad_(tensor.requires_grad)
-            built[id(tensor)] = FakeTensor(mode, meta, STAND_IN_DEVICE)
+            if tensor.is_meta:
+                device = devices.get(id(tensor), STAND_IN_DEVICE)
+                built[id(tensor)] = FakeTensor(mode, meta, device)
+            else:
+                built[id(tensor)] = mode.from_tensor(tensor)
     return {name: built[id(tensor)] for name, tensor in tensors.items()}
 
 

@@ -220,7 +220,10 @@ class LanguageModel(NNsight):
         return (transformers.BatchEncoding({k: kwargs[k] for k in keys if k in kwargs}),)
 
     def _to_model_device(self, values: Any) -> Any:
-        parameter = next(self._model.parameters(), None)
+        """``values`` on the device of the model's first parameter that has one (as 0.2, the
+        embeddings' with a device map); as they are when every weight is offloaded (on meta:
+        accelerate's hooks move inputs to where each module runs)."""
+        parameter = next((p for p in self._model.parameters() if not p.is_meta), None)
         if parameter is None:
             return values
         device = parameter.device
