@@ -65,7 +65,7 @@ def _local_error(
     worker: str,
     kind: str,
     message: str,
-    node_name: str | None,
+    node_id: int | None,
     cause_kind: str | None,
     cause_message: str,
     notes: list[str],
@@ -73,9 +73,9 @@ def _local_error(
     """The error a remote run raised, as the local one: its type (ours or a builtin's), its
     message, and for a node's error the user's line here (the worker's lines mean nothing)."""
     graph = tracer.graph
-    if kind == "ExecutionError" and node_name is not None and node_name in graph.nodes:
+    if kind == "ExecutionError" and type(node_id) is int and 0 < node_id < len(graph._nodes):
         cause = _rebuild(cause_kind or "RuntimeError", cause_message)
-        error = graph.nodes[node_name]._execution_error(cause)
+        error = graph._node(node_id)._execution_error(cause)
     else:
         error = _rebuild(kind, message)
     error.add_note(f"(raised by the remote worker {worker!r})")

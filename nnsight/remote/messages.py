@@ -3,7 +3,7 @@
 A request is ``[graph message, invokes, forward kwargs, generate kwargs or None, saved node
 ids, include output]``, each invoke ``[args, kwargs, start, size]`` (its prepared inputs and
 rows). A response is ``["ok", [[node id, value], ...], output or None]`` or ``["error", type
-name, message, node name or None, cause type name or None, cause message, notes]``. Values
+name, message, node id or None, cause type name or None, cause message, notes]``. Values
 use :mod:`nnsight.serialization.values`; tensors travel in the message's safetensors table.
 """
 
@@ -96,7 +96,7 @@ def response(values: list[tuple[int, Any]], output: Any) -> bytes:
 
 def error_response(exc: BaseException) -> bytes:
     cause = exc.__cause__
-    node = exc.node_name if isinstance(exc, ExecutionError) else None
+    node = getattr(exc, "node_id", None) if isinstance(exc, ExecutionError) else None
     body = [
         "error",
         _type_name(exc),

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .._core import ROOT_ARGUMENT, ModuleReads
-from ..errors import SerializationError
+from ..errors import ExecutionError, SerializationError
 from ..intervention.envoy import parse_argument_key
 from ..intervention.scan import ScannedValue
 from ..intervention.tracer import Invoke, run_graph
@@ -77,7 +77,11 @@ class Worker:
             Invoke(i, args, kwargs, start, size)
             for i, (args, kwargs, start, size) in enumerate(raw_invokes)
         ]
-        output = run_graph(model, graph, reads, invokes, forward, generate, WORKER_SOURCE)
+        try:
+            output = run_graph(model, graph, reads, invokes, forward, generate, WORKER_SOURCE)
+        except ExecutionError as exc:  # the client names the node by id: names are cosmetic
+            exc.node_id = graph._core.id_of(exc.node_name)  # type: ignore[attr-defined]
+            raise
         values = []
         for id in saved:
             if not 0 < id < len(graph._nodes):

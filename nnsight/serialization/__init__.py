@@ -3,9 +3,11 @@
 ``dumps(graph) -> bytes`` and ``loads(data, model) -> Graph``; the format is described in
 ``docs/wire-format.md``. A message is ``MAGIC`` (8 bytes), the format version (2 bytes, big
 endian) and a msgpack body (msgspec): the nodes, in the order they were added, each as its
-kind, target name, node name, args and kwargs, and a safetensors blob of the tensors they
-hold. No pickle and no code: targets are names from an allowlist
-(:mod:`nnsight.serialization.targets`), values are data (:mod:`nnsight.serialization.values`).
+kind, target name, node name (None when automatic: the receiver names alike), args and
+kwargs, and a safetensors blob of the tensors they hold. The per-node loops are the core's
+(``export_records``, ``import_records``); Python spells what they hand back. No pickle and
+no code: targets are names from an allowlist (:mod:`nnsight.serialization.targets`), values
+are data (:mod:`nnsight.serialization.values`).
 
 ``dumps`` refuses, before anything is sent, a graph holding anything else (a user's function
 via ``tracer.apply``, a lambda, an arbitrary object), naming the node and the user's line.
@@ -28,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .._core import ROOT_ARGUMENT
+from .._core import ROOT_ARGUMENT, export_records, import_records
 from ..errors import SerializationError
 from ..intervention.graph import InterventionGraph
 from ..tracing import Graph, Node, Proxy
@@ -143,9 +145,11 @@ def _dumps(graph: Graph) -> bytes:
         return found.id if found._core is core else None
 
     encoder = Encoder(node_id, paths)
-    records = []
-    for node in graph._all_nodes()[1:]:  # node 0 is the root, made by `loads` with the graph
-        kind = core.kind(node.id)
+
+    def record(id: int) -> list[Any]:
+        """A node the core does not spell by itself, or one whose error needs its line."""
+        node = graph._node(id)
+        kind = core.kind(id)
         name = kind if kind != "op" else targets.name_of(node.target, paths)
         if name is None:
             why = (
@@ -158,7 +162,11 @@ def _dumps(graph: Graph) -> bytes:
             kwargs = encoder.encode(node.kwargs)
         except Unencodable as exc:
             raise _cannot(node, f"an argument is {exc}") from None
-        records.append([_KINDS.index(kind), name, node.name, args, kwargs])
+        return [_KINDS.index(kind), name, core.explicit_name(id), args, kwargs]
+
+    records = export_records(
+        core, lambda target: targets.name_of(target, paths), encoder.encode, record
+    )
     return pack(records, encoder.tensors)
 
 
@@ -184,19 +192,44 @@ def _loads(data: bytes, model: torch.nn.Module | None) -> InterventionGraph:
         raise SerializationError("a corrupted message: the nodes are not a list")
     graph = InterventionGraph(model, validate=False)  # type: ignore[arg-type]
     guards = targets.Guards(model)
-    proxies: list[Any] = [graph.module_proxy]
+    added: list[int] = [0]  # nodes so far (the root), as `node` may refer to them
 
     def node(id: int) -> Any:
-        if not 0 <= id < len(proxies):
+        if not 0 <= id < added[0]:
             raise SerializationError(f"a reference to node {id}, which is not an earlier node")
-        return proxies[id]
+        return graph._node(id)
 
     def module(path: str) -> Any:
         return targets.resolve(f"module:{path}", model, guards)
 
     decoder = Decoder(tensors, node, module)
-    for record in records:
-        proxies.append(_add(graph, record, decoder, model, guards, len(proxies)))
+
+    def resolve(name: Any) -> Any:
+        return targets.resolve(name, model, guards)
+
+    def no_node(id: int) -> Any:
+        raise _NotFlat
+
+    constants = Decoder(tensors, no_node, module)
+
+    def constant(item: Any) -> Any:
+        """A tagged value without nodes, for the core to keep as a constant; raises for one the
+        node's Python walk must take (a node inside, or a tensor inside a container)."""
+        value = constants.decode(item)
+        if isinstance(value, (list, tuple, dict, slice)) and _holds_tensor(value):
+            raise _NotFlat
+        return value
+
+    def add(record: Any, id: int) -> None:
+        added[0] = id
+        _add(graph, record, decoder, model, guards, id)
+
+    try:
+        import_records(graph._core, records, resolve, constant, add, graph._nodes, _MESSAGE_SOURCE)
+    except ValueError as exc:  # from the core: a duplicate name, a second root...
+        if isinstance(exc, SerializationError):
+            raise
+        raise SerializationError(f"a malformed graph: {exc}") from None
     return graph
 
 
@@ -211,8 +244,10 @@ def _add(
     if type(record) is not list or len(record) != 5:
         raise SerializationError(f"node {index}: not [kind, target, name, args, kwargs]")
     kind, name, node_name, raw_args, raw_kwargs = record
-    if type(kind) is not int or not 0 <= kind < len(_KINDS) or type(node_name) is not str:
-        raise SerializationError(f"node {index}: malformed kind or name")
+    if type(kind) is not int or not 0 <= kind < len(_KINDS):
+        raise SerializationError(f"node {index}: malformed kind")
+    if node_name is not None and type(node_name) is not str:  # None: an automatic name
+        raise SerializationError(f"node {index}: malformed name")
     reserved = _KINDS[kind]
     if (reserved == "op") == (name in _KINDS):
         raise SerializationError(f"node {index} ({node_name!r}): kind and target disagree")
@@ -236,3 +271,23 @@ def _add(
     if proxy._id != index:
         raise SerializationError(f"node {index} ({node_name!r}) was added out of order")
     return proxy
+
+
+class _NotFlat(Exception):
+    """A value the core cannot keep as a constant: the node goes to Python's walk."""
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, slice):
+        return any(_holds_tensor(v) for v in (value.start, value.stop, value.step))
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(item) for item in value.values())
+    return False
+
+
+#: The line nodes read from a message are traced at (the sender's lines stay with it).
+_MESSAGE_SOURCE = ("<message>", 0)

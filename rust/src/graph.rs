@@ -996,6 +996,12 @@ impl<V> Graph<V> {
         self.names.name_of(id).ok_or(GraphError::UnknownId(id))
     }
 
+    /// The name node `id` was given explicitly; None when its name is automatic.
+    pub fn explicit_name(&self, id: NodeId) -> Result<Option<&str>, GraphError> {
+        self.check(id)?;
+        Ok(self.names.explicit_name(id))
+    }
+
     pub fn id_of(&self, name: &str) -> Result<NodeId, GraphError> {
         self.names
             .id_of(name)

@@ -145,6 +145,14 @@ impl Names {
         })
     }
 
+    /// The name node `id` was given explicitly, or None for an automatic one (or no node).
+    pub fn explicit_name(&self, id: NodeId) -> Option<&str> {
+        match self.names.get(id as usize)? {
+            Name::Explicit(name) => Some(name),
+            Name::Auto { .. } => None,
+        }
+    }
+
     /// Number of names (= nodes).
     pub fn len(&self) -> usize {
         self.names.len()
@@ -163,6 +171,18 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explicit_names_are_told_apart_from_automatic_ones() {
+        let mut names = Names::with_capacity(2);
+        let auto = names.choose(None, "add").unwrap();
+        names.insert(auto, "add", 0);
+        let explicit = names.choose(Some("mine"), "add").unwrap();
+        names.insert(explicit, "add", 1);
+        assert_eq!(names.explicit_name(0), None);
+        assert_eq!(names.explicit_name(1), Some("mine"));
+        assert_eq!(names.explicit_name(2), None);
+    }
 
     fn add(names: &mut Names, name: Option<&str>, target: &str) -> Result<String, GraphError> {
         let chosen = names.choose(name, target)?;

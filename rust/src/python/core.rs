@@ -89,13 +89,13 @@ fn generic_getattr<'py>(
 }
 
 /// One positional or keyword argument of a fast call.
-enum Slot {
+pub(super) enum Slot {
     Const(Py<PyAny>),
     Node(NodeId),
 }
 
 impl Slot {
-    fn clone_ref(&self, py: Python<'_>) -> Slot {
+    pub(super) fn clone_ref(&self, py: Python<'_>) -> Slot {
         match self {
             Slot::Const(value) => Slot::Const(value.clone_ref(py)),
             Slot::Node(id) => Slot::Node(*id),
@@ -105,19 +105,19 @@ impl Slot {
 
 /// Positional slots kept inline: most ops take one to three arguments (an `argument` node's
 /// plan holds its key, rows and start).
-type Slots = SmallVec<[Slot; 3]>;
+pub(super) type Slots = SmallVec<[Slot; 3]>;
 
 /// A traced call's top-level arguments, gathered without a heap allocation for the usual few.
 type Items<'py> = SmallVec<[Bound<'py, PyAny>; 4]>;
 
 /// How to call an op node's target without going through Python code of ours.
-struct CallPlan {
-    target: Py<PyAny>,
-    args: Slots,
-    kwargs: Vec<(Py<PyString>, Slot)>,
+pub(super) struct CallPlan {
+    pub(super) target: Py<PyAny>,
+    pub(super) args: Slots,
+    pub(super) kwargs: Vec<(Py<PyString>, Slot)>,
 }
 
-enum Plan {
+pub(super) enum Plan {
     /// Added by `add_node`: its Python `Node` was made eagerly and holds its arguments.
     Python,
     /// Called by the core.
@@ -131,10 +131,10 @@ enum Plan {
 /// `PyGraphCore::node_object`); the target and arguments stay in its plan. The proxy value
 /// moves into the first `Node` kept in the graph's list; name and source stay, so a proxy that
 /// outlives its graph (and that list) can still make a `Node` that names its user line.
-struct Pending {
-    name: Option<Py<PyString>>,
-    proxy_value: Option<Py<PyAny>>,
-    source: Py<PyAny>,
+pub(super) struct Pending {
+    pub(super) name: Option<Py<PyString>>,
+    pub(super) proxy_value: Option<Py<PyAny>>,
+    pub(super) source: Py<PyAny>,
 }
 
 /// What the drain loop does with the node it popped, decided while `self` is borrowed.
@@ -286,11 +286,11 @@ const NODES_RESERVED: usize = 128;
 /// Node storage, names and propagation for one `nnsight.tracing.Graph`.
 #[pyclass(name = "GraphCore", module = "nnsight._core")]
 pub struct PyGraphCore {
-    graph: Graph<Py<PyAny>>,
-    plans: Vec<Plan>,
+    pub(super) graph: Graph<Py<PyAny>>,
+    pub(super) plans: Vec<Plan>,
     /// The "no value" sentinel (`inspect._empty`): what `value` returns for an unset node, and
     /// what `Node._run` returns when a node sets no value now.
-    empty: Py<PyAny>,
+    pub(super) empty: Py<PyAny>,
     /// `torch.Tensor`, for the device check of fast calls (`None`: no device handling).
     tensor_type: Option<Py<PyType>>,
     /// `nnsight.tracing.Proxy` and `Node`, for `add_linked`'s argument scan.
@@ -299,7 +299,7 @@ pub struct PyGraphCore {
     /// A weak reference to the Python `Graph`, whose `_nodes` list caches the `Node` objects.
     graph_ref: Option<Py<PyAny>>,
     /// Per node added by `add_object`: what its `Node` object is made from.
-    pending: Vec<Option<Pending>>,
+    pub(super) pending: Vec<Option<Pending>>,
     /// Whether the Python graph is tracing, and the proxy class `add_op` makes proxies of
     /// while the graph allows it (None: `add_op` declines); both set by `set_modes`.
     tracing: bool,
@@ -607,7 +607,7 @@ impl PyGraphCore {
     }
 
     /// `target_name(target)`, cached per target.
-    fn stem<'py>(
+    pub(super) fn stem<'py>(
         slf: &Bound<'py, Self>,
         target: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyString>> {
@@ -1316,6 +1316,11 @@ impl PyGraphCore {
 
     fn set_remaining_dependencies(&mut self, id: u32, n: i32) -> PyResult<()> {
         Ok(self.graph.set_remaining_dependencies(id, n)?)
+    }
+
+    /// The name node `id` was given explicitly, or None for an automatic one.
+    fn explicit_name(&self, id: u32) -> PyResult<Option<String>> {
+        Ok(self.graph.explicit_name(id)?.map(str::to_owned))
     }
 
     /// Id of the node with this name; `KeyError` if there is none.

@@ -8,6 +8,7 @@ mod hooks;
 mod reads;
 mod slots;
 mod source;
+mod wire;
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
@@ -34,6 +35,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hooks::OutputHook>()?;
     m.add_class::<reads::ModuleReads>()?;
     core::register(m)?;
+    m.add_function(wrap_pyfunction!(wire::export_records, m)?)?;
+    m.add_function(wrap_pyfunction!(wire::import_records, m)?)?;
     m.add("ROOT_ARGUMENT", crate::graph::ROOT_ARGUMENT)?;
     Ok(())
 }
