@@ -91,6 +91,10 @@ bench-models: install ## End-to-end model benchmarks: traces vs plain forward ho
 bench-language: install ## LanguageModel: generate vs hooks, wrapping a 7B config, shapes on demand
 	cd benches && $(abspath $(PY)) bench_language.py
 
+.PHONY: bench-remote
+bench-remote: install ## the graph wire format (us and bytes per node), a remote round trip, a worker's throughput
+	cd benches && $(abspath $(PY)) bench_remote.py
+
 .PHONY: bench-callgrind
 bench-callgrind: install ## The close model benchmarks counted in instructions (needs valgrind)
 	$(PY) benches/count_instructions.py

@@ -62,6 +62,7 @@ def corpus(module: torch.nn.Module) -> list[Graph]:
     torch.stack([h, h * -1.5]).transpose(0, 1).reshape(torch.Size([-1])).save()
     torch.where(h > 0, h, torch.zeros(1, dtype=torch.float32)).mean().save()
     g.add(operator.getitem, args=[[h, (h, {"k": h})], 1]).save()  # nested containers
+    g.add(operator.add, args=[h, 1], name="named_by_hand").save()  # an explicit name
     graphs.append(g)
     g = Graph(module, validate=False)
     x = g.add(target="argument", value=None, args=["x"])
