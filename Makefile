@@ -76,8 +76,12 @@ test-transformers4: install ## the Hugging Face tests again under transformers 4
 		tests/test_transformers.py tests/test_generate.py tests/test_readme.py tests/test_demo.py \
 		tests/test_tutorials_02.py tests/test_device_maps.py
 
+.PHONY: test-wire
+test-wire: install ## the Python tests again, every trace sent through the wire format to an in-process worker
+	NNSIGHT_WIRE_ROUNDTRIP=1 $(PY) -m pytest -p no:cacheprovider
+
 .PHONY: test
-test: lint test-rust test-python test-transformers4 ## everything CI runs: lints, Rust tests, Python tests (transformers 5 and 4)
+test: lint test-rust test-python test-transformers4 test-wire ## everything CI runs: lints, Rust tests, Python tests (transformers 5 and 4, and over the wire)
 
 .PHONY: bench
 bench: install ## Python benchmark of the public API against the pure-Python reference

@@ -31,7 +31,7 @@ def import_records(
     constant: Any,
     fallback: Any,
     nodes: list[Any],
-    source: Any,
+    source: str,
 ) -> None: ...
 
 @final

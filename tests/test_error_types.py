@@ -65,6 +65,7 @@ def test_nnsight_02_style_except_runtime_error_still_works() -> None:
     assert "mat" in str(caught.__cause__)
 
 
+@pytest.mark.local_only("its target is a function of the test")
 def test_a_key_error_keeps_its_message_unquoted() -> None:
     model = NNsight(mlp())
     with pytest.raises(KeyError) as caught:

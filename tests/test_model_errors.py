@@ -113,6 +113,7 @@ def test_an_error_in_the_run_names_the_node_removes_hooks_and_leaves_the_model_r
     assert torch.allclose(out.value, net(x))
 
 
+@pytest.mark.local_only("looks at the values of the local graph after the error")
 def test_an_error_raised_by_the_model_itself_removes_hooks_and_frees_values() -> None:
     class Boom(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
+import pytest
 import torch
 from model_helpers import hook_count, mlp
 
@@ -37,6 +38,7 @@ def test_a_thousand_traces_leave_no_graphs_proxies_tensors_or_hooks() -> None:
     assert hook_count(net) == 0
 
 
+@pytest.mark.local_only("counts the events of the local graph")
 def test_dead_code_does_not_run() -> None:
     model = NNsight(mlp())
     with model.trace(torch.randn(2, 8)) as tracer:
@@ -52,6 +54,7 @@ def test_dead_code_does_not_run() -> None:
     assert dead == {"mul_0", "getattr_0", "proxy_call_0", "argument_0"}  # + the unused root
 
 
+@pytest.mark.local_only("counts the live tensors of the local run")
 def test_each_value_is_freed_once_nothing_needs_it_and_only_saved_ones_survive() -> None:
     model = NNsight(mlp())
     made: list[weakref.ref[torch.Tensor]] = []

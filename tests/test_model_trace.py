@@ -158,6 +158,7 @@ def test_traces_that_read_no_shape_run_no_scan() -> None:
     assert model._scanner.runs == 0
 
 
+@pytest.mark.local_only("values travel as data, without their autograd history")
 def test_saved_proxy_behaves_like_its_value_after_the_block() -> None:
     net = mlp()
     model = NNsight(net)

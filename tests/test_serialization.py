@@ -101,6 +101,7 @@ def test_a_trace_graph_round_trips_node_for_node() -> None:
     assert grad.node.target == "grad"
 
 
+@pytest.mark.local_only("its traces hold functions of the test, on purpose")
 def test_code_is_refused_at_dumps_naming_the_node_and_line() -> None:
     model = NNsight(mlp())
     for make in (

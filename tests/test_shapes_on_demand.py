@@ -64,6 +64,7 @@ def test_a_long_chain_is_inferred_without_recursion() -> None:
         assert value.shape == (4, 8)
 
 
+@pytest.mark.local_only("its target is a function of the test")
 def test_user_functions_are_not_run_at_trace_time() -> None:
     calls: list[object] = []
 

@@ -114,6 +114,7 @@ def test_keyword_inputs_of_decoder_layers_are_visible() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:.*past_key_values.*:FutureWarning")  # renamed in 5.x
+@pytest.mark.local_only("KV caches do not travel")
 def test_kv_cache_outputs_and_a_cached_second_step(net: torch.nn.Module) -> None:
     model = NNsight(net)
     ids = torch.randint(0, 100, (1, 5))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import builtins
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .._core import set_classes
 from ..errors import ExecutionError, NNsightError, TracingError
 from ..intervention.proxy import SavedProxy
+from ..serialization import MESSAGE_SOURCE as WORKER_LINE
 from ..serialization import dumps
+from ..tracing._source import format_source
 from . import messages
 
 if TYPE_CHECKING:
@@ -32,13 +36,15 @@ def worker_name(tracer: Tracer) -> str:
     )
 
 
-def run_remotely(tracer: Tracer) -> Any:
+def run_remotely(tracer: Tracer, send: Callable[[bytes], bytes] | None = None) -> Any:
     """Runs ``tracer``'s graph on its worker; the saved proxies get the values computed there.
-    Returns the model's output when ``remote_include_output=True``, else None."""
+    Returns the model's output when ``remote_include_output=True``, else None. ``send`` takes
+    the request and returns the response (by default: to the Ray worker the trace names)."""
     from . import actor
 
-    name = worker_name(tracer)
+    name = "in-process" if send is not None else worker_name(tracer)
     graph = tracer.graph
+    graph._ran = True  # it runs, there: a later use of its proxies is a use after its trace
     data = messages.request(
         dumps(graph),
         [(i.args, i.kwargs, i.start, i.size) for i in tracer._invokes],
@@ -47,7 +53,8 @@ def run_remotely(tracer: Tracer) -> Any:
         [proxy._id for proxy in graph.saved],
         tracer.remote_include_output,
     )
-    body = messages.read_response(actor.call(name, data, tracer.remote_timeout))
+    response = send(data) if send is not None else actor.call(name, data, tracer.remote_timeout)
+    body = messages.read_response(response)
     if body[0] == "error":
         raise _local_error(tracer, name, *body[1:])
     _, values, output = body
@@ -73,16 +80,35 @@ def _local_error(
     """The error a remote run raised, as the local one: its type (ours or a builtin's), its
     message, and for a node's error the user's line here (the worker's lines mean nothing)."""
     graph = tracer.graph
-    if kind == "ExecutionError" and type(node_id) is int and 0 < node_id < len(graph._nodes):
-        cause = _rebuild(cause_kind or "RuntimeError", cause_message)
-        error = graph._node(node_id)._execution_error(cause)
+    node = (
+        graph._node(node_id) if type(node_id) is int and 0 < node_id < len(graph._nodes) else None
+    )
+    # The worker's nodes are traced at `<node>:<id>`: the user's lines are here.
+    message = _local_lines(graph, message)
+    notes = [_local_lines(graph, note) for note in notes]
+    if kind == "ExecutionError" and node is not None and cause_kind is not None:
+        error = node._execution_error(_rebuild(cause_kind, cause_message))
     else:
         error = _rebuild(kind, message)
+        if isinstance(error, ExecutionError) and node is not None:
+            error.node_name = node.name
     error.add_note(f"(raised by the remote worker {worker!r})")
     for note in notes:
         if "remote worker>" not in note:  # the worker's own line for the trace
             error.add_note(note)
     return error
+
+
+def _local_lines(graph: Any, text: str) -> str:
+    """``text`` with each worker line ``<node>:<id>`` replaced by node ``id``'s line here."""
+
+    def local(match: re.Match[str]) -> str:
+        id = int(match.group(1))
+        if not 0 < id < len(graph._nodes):
+            return match.group(0)
+        return format_source(graph._node(id).source)
+
+    return re.sub(re.escape(WORKER_LINE) + r":(\d+)", local, text)
 
 
 def _rebuild(kind: str, message: str) -> BaseException:

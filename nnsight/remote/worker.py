@@ -44,6 +44,17 @@ class Worker:
     def __init__(self, model_key_or_module: str | torch.nn.Module, model_kwargs: dict[str, Any]):
         self.model = wrap(model_key_or_module, **model_kwargs)
         self.requests = 0
+        self.drop_grads = True
+
+    @classmethod
+    def serving(cls, model: NNsight) -> Worker:
+        """A worker running requests on ``model`` itself, in this process (the test suite's
+        round trips of every trace through the wire format)."""
+        worker = cls.__new__(cls)
+        worker.model = model
+        worker.requests = 0
+        worker.drop_grads = False  # the model is the caller's own: its gradients are theirs
+        return worker
 
     def ready(self) -> str:
         return type(self.model._model).__name__
@@ -56,8 +67,9 @@ class Worker:
         except Exception as exc:
             return messages.error_response(exc)
         finally:
-            for parameter in self.model._model.parameters():
-                parameter.grad = None
+            if self.drop_grads:
+                for parameter in self.model._model.parameters():
+                    parameter.grad = None
 
     def _run(self, data: bytes) -> bytes:
         graph_data, raw_invokes, forward, generate, saved, include_output = messages.read_request(

@@ -41,7 +41,7 @@ from .values import Decoder, Encoder, Unencodable
 
 skip_directory(os.path.dirname(os.path.abspath(__file__)))  # never "the user's line"
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "SerializationError", "dumps", "loads"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "MESSAGE_SOURCE", "SerializationError", "dumps", "loads"]
 
 MAGIC = b"NNSIGHT\x00"
 #: The format version this build writes and reads.
@@ -225,7 +225,7 @@ def _loads(data: bytes, model: torch.nn.Module | None) -> InterventionGraph:
         _add(graph, record, decoder, model, guards, id)
 
     try:
-        import_records(graph._core, records, resolve, constant, add, graph._nodes, _MESSAGE_SOURCE)
+        import_records(graph._core, records, resolve, constant, add, graph._nodes, MESSAGE_SOURCE)
     except ValueError as exc:  # from the core: a duplicate name, a second root...
         if isinstance(exc, SerializationError):
             raise
@@ -264,12 +264,15 @@ def _add(
         raise SerializationError(f"node {index}: a second root, or an argument without a key")
     if "out" in kwargs and reserved == "op":
         target = guards.in_place(name, target)
+    if reserved == "grad":
+        graph._has_grads = True  # batched invokes then rebuild activations from their rows
     try:
         proxy = graph.add(target, _EMPTY, args, kwargs, node_name)
     except (ValueError, TypeError) as exc:  # a duplicate name, an argument key not a str...
         raise SerializationError(f"node {index} ({node_name!r}): {exc}") from None
     if proxy._id != index:
         raise SerializationError(f"node {index} ({node_name!r}) was added out of order")
+    graph._node(index).source = (MESSAGE_SOURCE, index)
     return proxy
 
 
@@ -289,5 +292,6 @@ def _holds_tensor(value: Any) -> bool:
     return False
 
 
-#: The line nodes read from a message are traced at (the sender's lines stay with it).
-_MESSAGE_SOURCE = ("<message>", 0)
+#: The file of the line nodes read from a message are traced at, ``(MESSAGE_SOURCE, id)``:
+#: the sender's lines stay with it, and it maps ``<node>:<id>`` in messages back to them.
+MESSAGE_SOURCE = "<node>"

@@ -74,6 +74,9 @@ class Encoder:
         module_paths: dict[int, str] | None = None,
     ) -> None:
         self.tensors: list[torch.Tensor] = []
+        #: id(tensor) -> its index (with the tensor, kept alive): one tensor object in several
+        #: places stays one object on the other side (invokes share it rather than batch it).
+        self._indices: dict[int, tuple[torch.Tensor, int]] = {}
         self._node_id = node_id
         self._module_paths = module_paths or {}
 
@@ -130,7 +133,11 @@ class Encoder:
             raise Unencodable(f"a tensor of {tensor.dtype} ({tensor.layout})")
         if tensor.is_meta or (type(tensor) is not torch.Tensor and not _plain(tensor)):
             raise Unencodable(f"a {type(tensor).__name__} on {tensor.device} (no data)")
+        known = self._indices.get(id(tensor))
+        if known is not None:
+            return known[1]
         self.tensors.append(tensor.detach().to("cpu", copy=True).contiguous())
+        self._indices[id(tensor)] = (tensor, len(self.tensors) - 1)
         return len(self.tensors) - 1
 
     def _other(self, value: Any, depth: int) -> Any:

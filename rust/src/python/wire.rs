@@ -313,8 +313,8 @@ fn item_slot(
 /// (`constant(item)`: the decoded value, raising for one that holds a node or a tensor in a
 /// container) are added here, their target from `resolve(name)` (once per distinct name; it
 /// raises for names outside the allowlist); anything else goes to `fallback(record, id)`,
-/// which adds it or raises. Every node gets
-/// `source` as its line and `empty` as its proxy value, and a `None` in `nodes`.
+/// which adds it or raises. Every node gets `(source, id)` as its line (the sender maps it
+/// back to its own), `empty` as its proxy value, and a `None` in `nodes`.
 #[pyfunction]
 pub(super) fn import_records<'py>(
     core: &Bound<'py, PyGraphCore>,
@@ -323,7 +323,7 @@ pub(super) fn import_records<'py>(
     constant: &Bound<'py, PyAny>,
     fallback: &Bound<'py, PyAny>,
     nodes: &Bound<'py, PyList>,
-    source: &Bound<'py, PyAny>,
+    source: &Bound<'py, PyString>,
 ) -> PyResult<()> {
     let py = core.py();
     let mut targets: FxHashMap<String, Py<PyAny>> = FxHashMap::default();
@@ -349,7 +349,7 @@ pub(super) fn import_records<'py>(
 struct Flat<'a, 'py> {
     resolve: &'a Bound<'py, PyAny>,
     constant: &'a Bound<'py, PyAny>,
-    source: &'a Bound<'py, PyAny>,
+    source: &'a Bound<'py, PyString>,
     empty: &'a Py<PyAny>,
 }
 
@@ -495,7 +495,15 @@ fn add_flat<'py>(
     this.pending.push(Some(Pending {
         name: node_name.map(Bound::unbind),
         proxy_value: Some(flat.empty.clone_ref(py)),
-        source: flat.source.clone().unbind(),
+        source: PyTuple::new(
+            py,
+            [
+                flat.source.clone().into_any(),
+                id.into_pyobject(py)?.into_any(),
+            ],
+        )?
+        .into_any()
+        .unbind(),
     }));
     Ok(true)
 }
