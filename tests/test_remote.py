@@ -175,18 +175,24 @@ def test_many_clients_at_once_get_their_own_results(cluster: dict[str, Any]) -> 
         with model.trace(prompt):
             expected[prompt] = model.lm_head.output.save()
     results: dict[str, torch.Tensor] = {}
+    errors: list[BaseException] = []
 
     def client(prompt: str) -> None:
-        own = LanguageModel(cluster["dir"])  # one wrapper per thread: a trace is per wrapper
-        with own.trace(prompt, remote=True):
-            logits = own.lm_head.output.save()
-        results[prompt] = logits.value
+        try:
+            own = LanguageModel(cluster["dir"])  # one wrapper per thread: a trace is per wrapper
+            with own.trace(prompt, remote=True):
+                logits = own.lm_head.output.save()
+            results[prompt] = logits.value
+        except BaseException as error:  # a thread's exception would otherwise vanish
+            errors.append(error)
 
     threads = [threading.Thread(target=client, args=(p,)) for p in prompts * 2]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
     for prompt in prompts:
         assert torch.equal(results[prompt], expected[prompt].value)
 
@@ -202,3 +208,25 @@ def test_many_clients_at_once_get_their_own_results(cluster: dict[str, Any]) -> 
     outputs = ray.get([task.remote(cluster["dir"], p) for p in prompts])
     for prompt, output in zip(prompts, outputs, strict=True):
         assert torch.equal(output, expected[prompt].value)
+
+
+def test_threads_looking_up_a_worker_at_once_all_find_it(cluster: dict[str, Any]) -> None:
+    # Ray's own lookup from several threads at once can fail as if there were no such actor
+    # (ray-project/ray#41324): the client looks names up one at a time.
+    from nnsight.remote import actor
+
+    for _ in range(5):
+        actor._forget(cluster["dir"])
+        barrier = threading.Barrier(16)
+        found: list[Any] = []
+
+        def look(barrier: threading.Barrier, found: list[Any]) -> None:
+            barrier.wait()
+            found.append(actor._find(ray, cluster["dir"]))
+
+        threads = [threading.Thread(target=look, args=(barrier, found)) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(found) == 16 and len({id(handle) for handle in found}) == 1

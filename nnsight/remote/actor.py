@@ -6,6 +6,7 @@ Ray is imported only here, when remote execution is used (the ``remote`` extra).
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import torch
@@ -39,8 +40,27 @@ def connect() -> Any:
     return ray
 
 
+#: Handles of the workers this process has called, by Ray session and name. Looking an actor
+#: up from several threads at once can fail spuriously in Ray (ray-project/ray#41324: a
+#: ``ValueError`` as if there were no such actor), so lookups go one at a time, once a name.
+_handles: dict[tuple[str, str], Any] = {}
+_handles_lock = threading.Lock()
+
+
 def _find(ray: Any, name: str) -> Any:
-    return ray.get_actor(name, namespace=NAMESPACE)
+    """The worker called ``name``; ``ValueError`` when there is none."""
+    key = (ray.get_runtime_context().get_job_id(), name)  # a new ray.init() is a new job
+    with _handles_lock:
+        handle = _handles.get(key)
+        if handle is None:
+            handle = _handles[key] = ray.get_actor(name, namespace=NAMESPACE)
+        return handle
+
+
+def _forget(name: str) -> None:
+    with _handles_lock:
+        for key in [key for key in _handles if key[1] == name]:
+            del _handles[key]
 
 
 @functools.cache
@@ -63,6 +83,7 @@ def serve(
             raise TypeError("serve(module) needs name=: traces find their worker by it")
         name = model_key_or_module
     ray = connect()
+    _forget(name)  # a worker of this name may have been stopped elsewhere
     try:
         _find(ray, name)
     except ValueError:
@@ -91,6 +112,7 @@ def stop(name: str) -> None:
         ray.kill(_find(ray, name))
     except ValueError:
         pass
+    _forget(name)
 
 
 def call(name: str, request: bytes, timeout: float | None) -> bytes:
@@ -117,4 +139,5 @@ def call(name: str, request: bytes, timeout: float | None) -> bytes:
             "(remote_timeout= sets the limit)"
         ) from None
     except ray.exceptions.RayActorError as exc:
+        _forget(name)  # the next call looks the name up again: a new worker may serve it
         raise ConnectionError(f"the remote worker {name!r} died: {exc}") from None
