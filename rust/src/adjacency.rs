@@ -11,7 +11,7 @@
 //! were added; adding a node thus allocates nothing per node, where a list per node cost a
 //! `malloc` per traced op.
 
-use crate::graph::NodeId;
+use crate::id::NodeId;
 
 /// Index into an `offsets` entry: where a node's dependencies start.
 pub(crate) const DEPS: usize = 0;

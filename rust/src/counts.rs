@@ -18,7 +18,7 @@
 //!   ([`Excess::take_one`]) before any field could fall below `i16::MIN` (see
 //!   [`crate::graph::Graph`]'s `unchecked_stores_left`).
 
-use crate::graph::NodeId;
+use crate::id::NodeId;
 
 /// A node's two counts, side by side: propagation touches both for neighbouring nodes, and
 /// `compile` resets them all with one copy.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::graph::NodeId;
+use crate::id::NodeId;
 
 /// Everything the graph core can refuse. Converted to a Python exception in exactly one place,
 /// the bindings' `From<GraphError> for PyErr`.

@@ -30,10 +30,8 @@ use smallvec::{smallvec, SmallVec};
 use crate::adjacency::{row, Adjacency, DEPS, LISTENERS};
 use crate::counts::{Counts, Excess, Which};
 use crate::error::GraphError;
+pub use crate::id::NodeId;
 use crate::names::Names;
-
-/// Stable handle of a node inside one [`Graph`].
-pub type NodeId = u32;
 
 /// Argument key of the root-module `argument` node (`Graph.argument_node_names` key).
 pub const ROOT_ARGUMENT: &str = "nnsight_root_module";

@@ -8,6 +8,7 @@ pub(crate) mod adjacency;
 pub(crate) mod counts;
 pub mod error;
 pub mod graph;
+pub mod id;
 pub mod names;
 
 #[cfg(feature = "python")]

@@ -9,7 +9,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::error::GraphError;
-use crate::graph::NodeId;
+use crate::id::NodeId;
 
 const NO_NODE: NodeId = NodeId::MAX;
 
