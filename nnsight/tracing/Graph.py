@@ -440,6 +440,16 @@ class Graph:
         """Every node, in the order added (making those not made yet)."""
         return [self._node(i) for i in range(len(self._nodes))]
 
+    def vis(self, filename: str = "graph", format: str = "png") -> Any:
+        """Draws the graph with graphviz (the ``vis`` extra): writes the DOT source to
+        ``filename`` and the picture to ``filename.<format>``, and returns the
+        ``graphviz.Digraph``. Each node is labelled with its name, target and the user line
+        that made it. Without graphviz's ``dot`` program this raises an ``NNsightError``
+        saying the DOT file was written anyway. (nnsight 0.2's name; its arguments differ.)"""
+        from .picture import render
+
+        return render(self, filename, format)
+
     def __str__(self) -> str:
         return "\n".join(str(node) for node in self._all_nodes())
 
