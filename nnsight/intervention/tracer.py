@@ -24,6 +24,7 @@ from .graph import InterventionGraph
 from .interleaver import Interleaver
 from .proxy import InterventionProxy, SavedProxy
 from .scan import ScanContext, ScannedValue
+from .stopping import EarlyStop, frontier, release_unsaved, stop_run
 
 if TYPE_CHECKING:
     from ..models.NNsight import NNsight
@@ -94,6 +95,9 @@ class Tracer:
         remote: Run the graph on a remote worker instead (``nnsight.remote``): True for the
             worker serving the model's key, or the worker's name. ``remote_timeout``: seconds
             to wait for it; ``remote_include_output``: also bring back the model's output.
+        stop_early: End the model's run once the graph has nothing left to do (after the
+            last module it reads or writes), as if ``tracer.stop()`` ended the block; the
+            output is then None. Ignored when the graph reads gradients.
 
     Attributes:
         graph: The intervention graph being recorded.
@@ -112,8 +116,10 @@ class Tracer:
         remote: str | bool | None = None,
         remote_timeout: float | None = None,
         remote_include_output: bool = False,
+        stop_early: bool = False,
     ) -> None:
         self.model = model
+        self.stop_early = stop_early
         self.graph = InterventionGraph(
             model._model, validate=validate, proxy_class=model.proxy_class
         )
@@ -160,6 +166,8 @@ class Tracer:
         self._close_invoke()
         try:
             if exc_type is None:
+                if self.stop_early and self._invokes and not self.graph.has_grads:
+                    self.stop()  # after all the graph needs (a backward pass needs it all)
                 self._run()
         finally:
             self.graph.tracing = False
@@ -185,6 +193,23 @@ class Tracer:
         """Addresses every module's next call from now on (see ``Envoy.next``)."""
         for envoy in self.model._envoy.modules():
             self.advance(envoy, steps)
+
+    def stop(self) -> None:
+        """Ends the model's run as soon as everything traced before this call has run (modern
+        nnsight's ``tracer.stop()``): later modules do not run, what was saved is kept, and
+        ``tracer.output`` is None."""
+        self.graph.add(target=stop_run, args=frontier(self.graph))
+
+    @property
+    def result(self) -> Any:
+        """What the run returned (modern nnsight's name): after the block, the model's output,
+        or ``generate``'s (the ids); inside it, a proxy of that value (``.save()`` it)."""
+        if self.graph.tracing:
+            generator = getattr(self.model, "_generator_envoy", None)
+            if self.generating and generator is not None:
+                return generator.output
+            return self.model.output
+        return self.output
 
     def apply(self, target: Any, *args: Any, **kwargs: Any) -> InterventionProxy:
         """Traces ``target(*args, **kwargs)`` (any callable, proxies allowed in the args)."""
@@ -341,10 +366,15 @@ def run_graph(
     module = model._model
     try:
         with interleaver:
-            graph.compile(module)
-            # In generation each step calls the modules again: step n is call n.
-            output = model._execute(args, kwargs, generate)
-        unreached = interleaver.unreached()
+            try:
+                graph.compile(module)
+                # In generation each step calls the modules again: step n is call n.
+                output = model._execute(args, kwargs, generate)
+                stopped = False
+            except EarlyStop:  # a stop node ran (tracer.stop(), stop_early=True)
+                output, stopped = None, True
+                release_unsaved(graph)
+        unreached = None if stopped else interleaver.unreached()
         if unreached is not None:
             raise TracingError(unreached)
     except BaseException as exc:

@@ -101,16 +101,20 @@ class NNsight:
         trace: bool = True,
         validate: bool = False,
         scan: bool = True,
+        stop_early: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Opens a trace (see :class:`~nnsight.intervention.tracer.Tracer`); with
-        ``trace=False`` just runs the model on the inputs and returns its output."""
+        ``trace=False`` just runs the model on the inputs and returns its output.
+        ``stop_early=True`` ends the forward pass after the last module the graph needs."""
         remote = _take_remote_options(kwargs)
         if not trace:
             args, forward_kwargs, _ = self._prepare_inputs(inputs, kwargs)
             self._ensure_dispatched()
             return self._execute(args, forward_kwargs, None)
-        return Tracer(self, inputs, kwargs, validate=validate, scan=scan, **remote)
+        return Tracer(
+            self, inputs, kwargs, validate=validate, scan=scan, stop_early=stop_early, **remote
+        )
 
     def generate(
         self,

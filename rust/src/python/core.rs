@@ -882,6 +882,15 @@ impl PyGraphCore {
         nodes: Option<&Bound<'_, PyAny>>,
     ) -> PyErr {
         let py = slf.py();
+        // A stop node (`tracer.stop()`) ends the model's run, not the graph's: what ran so
+        // far keeps its values, and the exception reaches the trace as it was raised.
+        if err
+            .value(py)
+            .hasattr(intern!(py, "nnsight_early_stop"))
+            .unwrap_or(false)
+        {
+            return err;
+        }
         let mut released = Vec::new();
         slf.borrow_mut().graph.abort(&mut released);
         drop(released);
