@@ -196,6 +196,13 @@ class Envoy:
         self._tracer("next()").advance(self, steps)
         return self
 
+    def skip(self, value: Any) -> None:
+        """This module does not run at its current call, in this trace; ``value`` (a proxy
+        computed from modules that run before it, or a constant) is its output, as later
+        modules and ``.output`` see it (modern nnsight's ``envoy.skip``). The whole batch's
+        call is skipped, so the trace must have one invoke."""
+        self._tracer("skip()").skip(self, value)
+
     def _tracer(self, what: str) -> Tracer:
         tracer = self._session.tracer
         if tracer is None:

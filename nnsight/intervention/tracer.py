@@ -19,11 +19,12 @@ from .._core import ModuleReads, set_classes
 from ..errors import TracingError, ValidationError
 from ..tracing._source import SOURCE_FINDER, format_source, user_source
 from .batching import Rows
-from .envoy import Envoy, spell_path
+from .envoy import Envoy, parse_argument_key, spell_path
 from .graph import InterventionGraph
 from .interleaver import Interleaver
 from .proxy import InterventionProxy, SavedProxy
 from .scan import ScanContext, ScannedValue
+from .skipping import Skip, Skipper
 from .stopping import EarlyStop, frontier, release_unsaved, stop_run
 
 if TYPE_CHECKING:
@@ -142,6 +143,8 @@ class Tracer:
             self.graph._core, self.graph._nodes, self.graph.proxy_class, ScannedValue, SOURCE_FINDER
         )
         self._source = user_source(2)
+        #: Module calls that do not run (``envoy.skip(value)``).
+        self._skips: list[Skip] = []
 
     # ----- the block --------------------------------------------------------------------------
 
@@ -277,6 +280,25 @@ class Tracer:
         # Later reads in this invoke get a new argument node, set after the swap is applied.
         self._reads.forget(envoy, kind)
 
+    def skip(self, envoy: Envoy, value: Any) -> None:
+        """``envoy``'s module does not run at its current call; ``value`` is its output."""
+        source = user_source()
+        current = self.module_value(envoy, "output")
+        parsed = parse_argument_key(current.node.args[0])
+        assert parsed is not None  # an output read's key
+        known = value.node._proxy_value if isinstance(value, InterventionProxy) else value
+        expected = current.node.proxy_value if isinstance(known, torch.Tensor) else None
+        if isinstance(expected, torch.Tensor) and tuple(known.shape) != tuple(expected.shape):
+            raise TracingError(
+                f"{spell_path(envoy.path)}.skip(...) at {format_source(source)}: the value has "
+                f"shape {tuple(known.shape)} where the module gives {tuple(expected.shape)}"
+            )
+        node = None
+        if isinstance(value, InterventionProxy):
+            node = value.node.id
+            self.graph.add("null", None, [value])  # kept until the module is called
+        self._skips.append(Skip(envoy.path, parsed[2], node, value, source))
+
     def advance(self, envoy: Envoy, steps: int) -> None:
         self._reads.advance(envoy, steps)
 
@@ -330,6 +352,13 @@ class Tracer:
 
             self.output = run_remotely(self)
             return
+        if self._skips and len(self._invokes) > 1:
+            skip = self._skips[0]
+            raise TracingError(
+                f"{spell_path(skip.path)}.skip(...) at {format_source(skip.source)}: a skipped "
+                "module does not run for the whole batch, and this trace has "
+                f"{len(self._invokes)} invokes; skip in a trace of one invoke"
+            )
         self.output = run_graph(
             self.model,
             self.graph,
@@ -338,6 +367,7 @@ class Tracer:
             self._forward_kwargs,
             self._generate,
             self._source,
+            self._skips,
         )
 
 
@@ -349,11 +379,13 @@ def run_graph(
     forward_kwargs: dict[str, Any],
     generate: dict[str, Any] | None,
     source: tuple[str, int],
+    skips: list[Skip] | None = None,
 ) -> Any:
     """Runs ``graph`` interleaved with one run of ``model`` (a forward pass, or ``generate``
     with those keyword arguments) on the invokes' inputs batched, and returns what the run
     returned. ``reads`` are the module values the graph's argument nodes take; ``source`` is
-    the trace's line, for notes on errors. Saved proxies become ``SavedProxy``."""
+    the trace's line, for notes on errors; ``skips`` the module calls that do not run.
+    Saved proxies become ``SavedProxy``."""
     model._ensure_dispatched()  # a LanguageModel loads its weights on its first run
     args, kwargs = model._batch_inputs([(invoke.args, invoke.kwargs) for invoke in invokes])
     kwargs = {**kwargs, **forward_kwargs}
@@ -365,7 +397,7 @@ def run_graph(
     interleaver = Interleaver(graph, reads, model._modules_by_path, rows)
     module = model._model
     try:
-        with interleaver:
+        with interleaver, Skipper(skips or [], model._modules_by_path, graph):
             try:
                 graph.compile(module)
                 # In generation each step calls the modules again: step n is call n.
