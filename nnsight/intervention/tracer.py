@@ -19,6 +19,7 @@ from .._core import ModuleReads, set_classes
 from ..errors import TracingError, ValidationError
 from ..tracing._source import SOURCE_FINDER, format_source, user_source
 from .batching import Rows
+from .caching import Cache, module_paths
 from .envoy import Envoy, parse_argument_key, spell_path
 from .graph import InterventionGraph
 from .interleaver import Interleaver
@@ -145,6 +146,8 @@ class Tracer:
         self._source = user_source(2)
         #: Module calls that do not run (``envoy.skip(value)``).
         self._skips: list[Skip] = []
+        #: What ``tracer.cache(...)`` asked for, filled by the run.
+        self._caches: list[Cache] = []
 
     # ----- the block --------------------------------------------------------------------------
 
@@ -280,6 +283,26 @@ class Tracer:
         # Later reads in this invoke get a new argument node, set after the swap is applied.
         self._reads.forget(envoy, kind)
 
+    def cache(
+        self,
+        modules: Any = None,
+        include_inputs: bool = False,
+        device: torch.device | str | None = "cpu",
+        dtype: torch.dtype | None = None,
+        detach: bool = True,
+    ) -> Cache:
+        """The outputs (with ``include_inputs``, also the inputs) of ``modules`` (envoys or
+        paths; None: every module) during the run, moved to ``device`` (None: where they
+        are), floating ones cast to ``dtype``, detached unless ``detach=False``: modern
+        nnsight's ``tracer.cache()``. Read after the block, by path
+        (``cache["model.transformer.h.0"].output``) or by navigation
+        (``cache.transformer.h[0].output``); a module called several times (generation
+        steps) has a list of its calls' values. Values are as the graph's edits left them."""
+        paths = module_paths(self.model, modules, user_source())
+        cache = Cache(paths, include_inputs, device, dtype, detach)
+        self._caches.append(cache)
+        return cache
+
     def skip(self, envoy: Envoy, value: Any) -> None:
         """``envoy``'s module does not run at its current call; ``value`` is its output."""
         source = user_source()
@@ -368,6 +391,7 @@ class Tracer:
             self._generate,
             self._source,
             self._skips,
+            self._caches,
         )
 
 
@@ -380,11 +404,13 @@ def run_graph(
     generate: dict[str, Any] | None,
     source: tuple[str, int],
     skips: list[Skip] | None = None,
+    caches: list[Cache] | None = None,
 ) -> Any:
     """Runs ``graph`` interleaved with one run of ``model`` (a forward pass, or ``generate``
     with those keyword arguments) on the invokes' inputs batched, and returns what the run
     returned. ``reads`` are the module values the graph's argument nodes take; ``source`` is
-    the trace's line, for notes on errors; ``skips`` the module calls that do not run.
+    the trace's line, for notes on errors; ``skips`` the module calls that do not run;
+    ``caches`` what ``tracer.cache`` records.
     Saved proxies become ``SavedProxy``."""
     model._ensure_dispatched()  # a LanguageModel loads its weights on its first run
     args, kwargs = model._batch_inputs([(invoke.args, invoke.kwargs) for invoke in invokes])
@@ -398,6 +424,7 @@ def run_graph(
     module = model._model
     try:
         with interleaver, Skipper(skips or [], model._modules_by_path, graph):
+            handles = [h for cache in caches or () for h in cache.hook(model._modules_by_path)]
             try:
                 graph.compile(module)
                 # In generation each step calls the modules again: step n is call n.
@@ -406,6 +433,9 @@ def run_graph(
             except EarlyStop:  # a stop node ran (tracer.stop(), stop_early=True)
                 output, stopped = None, True
                 release_unsaved(graph)
+            finally:
+                for handle in handles:
+                    handle.remove()
         unreached = None if stopped else interleaver.unreached()
         if unreached is not None:
             raise TracingError(unreached)

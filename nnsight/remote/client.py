@@ -42,9 +42,10 @@ def run_remotely(tracer: Tracer, send: Callable[[bytes], bytes] | None = None) -
     the request and returns the response (by default: to the Ray worker the trace names)."""
     from . import actor
 
-    if tracer._skips:
+    if tracer._skips or tracer._caches:
+        what = "envoy.skip(...)" if tracer._skips else "tracer.cache(...)"
         raise NotImplementedError(
-            "envoy.skip(...) does not travel to a remote worker yet: run this trace locally"
+            f"{what} does not travel to a remote worker yet: run this trace locally"
         )
     name = "in-process" if send is not None else worker_name(tracer)
     graph = tracer.graph
