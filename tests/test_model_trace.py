@@ -335,3 +335,13 @@ def test_a_saved_value_of_an_earlier_trace_can_be_the_input_of_the_next() -> Non
         shape = model[2].output.shape
         out = model[2].output.save()
     assert shape == (2, 8) and torch.equal(out.value, net[:3](hidden.value))
+
+
+def test_saving_the_same_value_twice_is_one_saved_value() -> None:
+    net = torch.nn.Linear(2, 2)
+    x = torch.randn(1, 2)
+    model = NNsight(net)
+    with model.trace(x):
+        first = model.output.save()
+        second = model.output.save()  # the same read: the same proxy, saved again
+    assert first is second and torch.equal(second.value, net(x))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +27,7 @@ from .interleaver import Interleaver
 from .proxy import InterventionProxy, SavedProxy
 from .scan import ScanContext, ScannedValue
 from .skipping import Skip, Skipper
+from .steps import StepIndexer, at_steps, check_generating, step_count
 from .stopping import EarlyStop, frontier, release_unsaved, stop_run
 
 if TYPE_CHECKING:
@@ -199,6 +201,20 @@ class Tracer:
         """Addresses every module's next call from now on (see ``Envoy.next``)."""
         for envoy in self.model._envoy.modules():
             self.advance(envoy, steps)
+
+    @property
+    def iter(self) -> StepIndexer:
+        """``for step in tracer.iter[0:3]:`` — the loop body's reads and writes address those
+        generation steps, one pass of the body per step (modern nnsight's ``tracer.iter``).
+        ``iter[1:]`` and ``iter[:]`` need the step count (``max_new_tokens``)."""
+        return StepIndexer(self)
+
+    def all(self) -> Iterator[int]:
+        """``for step in tracer.all():`` — the loop body addresses every generation step
+        (``max_new_tokens`` of them); modern nnsight's ``tracer.all()``."""
+        source = user_source()
+        check_generating(self, "tracer.all()", source)
+        return at_steps(self, list(range(step_count(self, source))))
 
     def stop(self) -> None:
         """Ends the model's run as soon as everything traced before this call has run (modern

@@ -49,7 +49,10 @@ pub fn register(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
 fn set_classes(objects: &Bound<'_, PyList>, cls: &Bound<'_, PyType>) -> PyResult<()> {
     let py = objects.py();
     for obj in objects.iter() {
-        set_slot(&obj, intern!(py, "__class__"), cls.as_any())?;
+        // A proxy saved twice is listed twice: its class is set already the second time.
+        if !obj.get_type().is(cls) {
+            set_slot(&obj, intern!(py, "__class__"), cls.as_any())?;
+        }
     }
     Ok(())
 }

@@ -357,6 +357,19 @@ impl ModuleReads {
         Ok(())
     }
 
+    /// The call `envoy`'s reads address now (0: the first; `tracer.iter`).
+    fn call(slf: &Bound<'_, Self>, envoy: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let index = Self::envoy_index(slf, envoy)?;
+        Ok(slf.borrow().envoys[index as usize].call)
+    }
+
+    /// Makes `envoy`'s reads address call `call` from now on (`tracer.iter`).
+    fn set_call(slf: &Bound<'_, Self>, envoy: &Bound<'_, PyAny>, call: u32) -> PyResult<()> {
+        let index = Self::envoy_index(slf, envoy)?;
+        slf.borrow_mut().envoys[index as usize].call = call;
+        Ok(())
+    }
+
     /// Drops everything held: the trace is over.
     fn clear(&mut self) {
         self.__clear__();
