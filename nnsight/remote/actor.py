@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from typing import Any
 
 import torch
@@ -23,6 +24,9 @@ def _ray() -> Any:
         ) from None
     return ray
 
+
+#: Times a request is sent when Ray says the worker is temporarily unavailable.
+_ATTEMPTS = 3
 
 #: The Ray namespace workers live in, whatever namespace the caller's Ray session has.
 NAMESPACE = "nnsight"
@@ -65,8 +69,14 @@ def _forget(name: str) -> None:
 
 @functools.cache
 def _actor_class() -> Any:
-    # One request at a time: a run hooks the model, and two runs' hooks would meet.
-    return _ray().remote(max_concurrency=1, num_cpus=0, max_restarts=0)(Worker)
+    # One request at a time: a run hooks the model, and two runs' hooks would meet. In any
+    # order: requests are independent, and in order Ray holds each one until the one sent
+    # before it arrives, which under load can time out (ActorUnavailableError).
+    options: dict[str, Any] = {"max_concurrency": 1, "num_cpus": 0, "max_restarts": 0}
+    try:
+        return _ray().remote(allow_out_of_order_execution=True, **options)(Worker)
+    except (ValueError, TypeError):  # a Ray without the option: requests run in order
+        return _ray().remote(**options)(Worker)
 
 
 def serve(
@@ -129,9 +139,20 @@ def call(name: str, request: bytes, timeout: float | None) -> bytes:
             f"nnsight.remote.serve(..., name={name!r})"
         ) from None
     seconds = DEFAULT_TIMEOUT_S if timeout is None else timeout
+    deadline = time.monotonic() + seconds
     pending = worker.run.remote(request)
     try:
-        return ray.get(pending, timeout=seconds)  # type: ignore[no-any-return]
+        for attempt in range(_ATTEMPTS):
+            try:
+                left = max(deadline - time.monotonic(), 0.0)
+                return ray.get(pending, timeout=left)  # type: ignore[no-any-return]
+            except ray.exceptions.ActorUnavailableError:
+                # Transient (the actor is alive; a message was late): the request changes
+                # nothing on the worker, so sending it again is safe.
+                if attempt + 1 == _ATTEMPTS or time.monotonic() >= deadline:
+                    raise
+                pending = worker.run.remote(request)
+        raise AssertionError("unreachable")
     except ray.exceptions.GetTimeoutError:
         ray.cancel(pending)
         raise TimeoutError(
