@@ -48,8 +48,8 @@ lint: install ## rustfmt, clippy (with and without the bindings), ruff, mypy, st
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features python --lib -- -D warnings
-	$(PY) -m ruff check nnsight tests benches
-	$(PY) -m ruff format --check nnsight tests benches
+	$(PY) -m ruff check nnsight tests benches examples
+	$(PY) -m ruff format --check nnsight tests benches examples
 	$(PY) -m mypy nnsight
 	$(PY) -m mypy.stubtest nnsight._core
 
@@ -74,7 +74,8 @@ test-transformers4: install ## the Hugging Face tests again under transformers 4
 		"import transformers as t; assert t.__version__.startswith('4.'), t.__version__"
 	PYTHONPATH=$(abspath $(TF4)) $(PY) -m pytest tests/test_language_model.py \
 		tests/test_transformers.py tests/test_generate.py tests/test_readme.py tests/test_demo.py \
-		tests/test_tutorials_02.py tests/test_device_maps.py tests/test_skip.py tests/test_stop.py tests/test_cache.py tests/test_steps.py
+		tests/test_tutorials_02.py tests/test_device_maps.py tests/test_skip.py tests/test_stop.py \
+		tests/test_cache.py tests/test_steps.py tests/test_examples.py
 
 .PHONY: test-wire
 test-wire: install ## the Python tests again, every trace sent through the wire format to an in-process worker
