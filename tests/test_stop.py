@@ -130,3 +130,20 @@ def test_result_of_generate_is_the_generated_ids() -> None:
     with model.generate(ids, attention_mask=torch.ones_like(ids), **options) as tracer:
         model.lm_head.output.save()
     assert torch.equal(tracer.result, expected)
+
+
+def test_progress_shows_a_bar_over_the_generation_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("tqdm")
+    from test_transformers import gpt2
+
+    net = gpt2()
+    ids = torch.randint(1, 100, (1, 4))
+    options: dict[str, Any] = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": 0}
+    model = NNsight(net)
+    with model.generate(ids, attention_mask=torch.ones_like(ids), progress=True, **options):
+        logits = model.lm_head.output.save()
+    assert logits.shape[0] == 1
+    err = capsys.readouterr().err
+    assert "generate: 100%" in err and "3/3" in err
+    assert not net._forward_hooks

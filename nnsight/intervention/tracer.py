@@ -9,6 +9,7 @@ then behave like their values.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from .caching import Cache, module_paths
 from .envoy import Envoy, parse_argument_key, spell_path
 from .graph import InterventionGraph
 from .interleaver import Interleaver
+from .progress import step_bar
 from .proxy import InterventionProxy, SavedProxy
 from .scan import ScanContext, ScannedValue
 from .skipping import Skip, Skipper
@@ -102,6 +104,7 @@ class Tracer:
         stop_early: End the model's run once the graph has nothing left to do (after the
             last module it reads or writes), as if ``tracer.stop()`` ended the block; the
             output is then None. Ignored when the graph reads gradients.
+        progress: Show a tqdm progress bar over the generation's steps (``generate``).
 
     Attributes:
         graph: The intervention graph being recorded.
@@ -121,9 +124,11 @@ class Tracer:
         remote_timeout: float | None = None,
         remote_include_output: bool = False,
         stop_early: bool = False,
+        progress: bool = False,
     ) -> None:
         self.model = model
         self.stop_early = stop_early
+        self.progress = progress
         self.graph = InterventionGraph(
             model._model, validate=validate, proxy_class=model.proxy_class
         )
@@ -398,6 +403,14 @@ class Tracer:
                 "module does not run for the whole batch, and this trace has "
                 f"{len(self._invokes)} invokes; skip in a trace of one invoke"
             )
+        bar: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self.progress and self.generating:
+            total = (self._generate or {}).get("max_new_tokens")
+            bar = step_bar(self.model._model, total, "generate")
+        with bar:
+            self._run_locally()
+
+    def _run_locally(self) -> None:
         self.output = run_graph(
             self.model,
             self.graph,

@@ -132,14 +132,18 @@ class NNsight:
         ``inputs``, ``tracer.invoke(...)`` blocks give the prompts, batched into one call.
         ``tracer.output`` is what ``generate`` returned. Only the first step's values are
         scanned (later steps, with a KV cache, have other shapes): the rest have unknown
-        proxy values.
+        proxy values. ``progress=True`` shows a tqdm bar over the steps.
         """
         remote = _take_remote_options(kwargs)
+        progress = bool(kwargs.pop("progress", False))
         if not callable(getattr(self._model, "generate", None)):
             raise TypeError(
                 f"{type(self._model).__name__} has no generate() method; use model.trace(...)"
             )
-        return Tracer(self, inputs, {}, validate=validate, scan=scan, generate=kwargs, **remote)
+        return Tracer(
+            self, inputs, {}, validate=validate, scan=scan, generate=kwargs, progress=progress,
+            **remote,
+        )  # fmt: skip
 
     # ----- how inputs reach the model (overridden by LanguageModel) ---------------------------
 

@@ -22,7 +22,7 @@ _SHAPES = {"argument": "ellipse", "swap": "diamond", "null": "box3d", "grad": "o
 
 def _graphviz() -> Any:
     try:
-        import graphviz
+        import graphviz  # type: ignore[import-untyped]
     except ImportError:
         raise ImportError(
             "Graph.vis draws with graphviz: pip install '.[vis]' from a checkout of nnsight"
