@@ -18,6 +18,7 @@ from ..tracing._source import format_source, user_source
 if TYPE_CHECKING:
     from .._core import ModuleReads
     from .proxy import InterventionProxy
+    from .session import TraceSession
     from .tracer import Tracer
 
 
@@ -57,11 +58,13 @@ class Session:
     """What all envoys of one wrapped model share: the trace open on it, if any, and that
     trace's module reads (the core's ``ModuleReads``, which hands out ``.output`` proxies)."""
 
-    __slots__ = ("reads", "tracer")
+    __slots__ = ("block", "reads", "tracer")
 
     def __init__(self) -> None:
         self.tracer: Tracer | None = None
         self.reads: ModuleReads | None = None
+        #: The open ``model.session()``, if any.
+        self.block: TraceSession | None = None
 
 
 class ModuleCall:

@@ -151,6 +151,7 @@ class Tracer:
             self.graph._core, self.graph._nodes, self.graph.proxy_class, ScannedValue, SOURCE_FINDER
         )
         self._source = user_source(2)
+        self.graph._session_block = model._session.block
         #: Module calls that do not run (``envoy.skip(value)``).
         self._skips: list[Skip] = []
         #: What ``tracer.cache(...)`` asked for, filled by the run.
@@ -177,21 +178,35 @@ class Tracer:
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._close_invoke()
+        block = self.graph._session_block
+        deferred = False
         try:
             if exc_type is None:
+                later_in_session = block is not None and bool(block.traces)
                 if self.stop_early and self._invokes and not self.graph.has_grads:
-                    self.stop()  # after all the graph needs (a backward pass needs it all)
-                self._run()
+                    if not later_in_session:  # (a later trace of a session runs in full)
+                        self.stop()  # after all the graph needs (a backward pass needs it all)
+                if block is not None:  # it runs when the session ends (see ``session``)
+                    block.defer(self)
+                    deferred = True
+                else:
+                    self._run()
         finally:
             self.graph.tracing = False
             session = self.model._session
             session.tracer = session.reads = None
-            for invoke in self._invokes:
-                if invoke.scan is not None:
-                    invoke.scan.release()  # read or not, drop the hold on the inputs
-            self._reads.clear()
-            self._invokes.clear()
-            self.views.clear()
+            if not deferred:
+                self._finish()
+
+    def _finish(self) -> None:
+        """Drops what the trace held for its run (after it, or instead of it)."""
+        self.graph.tracing = False
+        for invoke in self._invokes:
+            if invoke.scan is not None:
+                invoke.scan.release()  # read or not, drop the hold on the inputs
+        self._reads.clear()
+        self._invokes.clear()
+        self.views.clear()
 
     @property
     def generating(self) -> bool:
@@ -224,7 +239,15 @@ class Tracer:
     def stop(self) -> None:
         """Ends the model's run as soon as everything traced before this call has run (modern
         nnsight's ``tracer.stop()``): later modules do not run, what was saved is kept, and
-        ``tracer.output`` is None."""
+        ``tracer.output`` is None. In a session, only its first trace can stop."""
+        block = self.graph._session_block
+        if block is not None and block.traces:
+            raise TracingError(
+                f"tracer.stop() at {format_source(user_source())} in a session's later trace: "
+                "the session's traces run one after another when it ends, and a later one "
+                "that stops would leave what it was to compute unset; stop in the first trace, "
+                "or run this one outside the session"
+            )
         self.graph.add(target=stop_run, args=frontier(self.graph))
 
     @property

@@ -11,6 +11,7 @@ from ..intervention.batching import batch_size_of, combine
 from ..intervention.envoy import Envoy, Session
 from ..intervention.proxy import InterventionProxy
 from ..intervention.scan import Scanner
+from ..intervention.session import TraceSession
 from ..intervention.tracer import Tracer
 
 #: ``torch.nn.Module`` methods that return the module itself: on the wrapper they return the
@@ -115,6 +116,12 @@ class NNsight:
         return Tracer(
             self, inputs, kwargs, validate=validate, scan=scan, stop_early=stop_early, **remote
         )
+
+    def session(self) -> TraceSession:
+        """``with model.session():`` — several traces in one block, run one after another
+        when it ends; a proxy of an earlier trace can be used in a later one without
+        ``.save()`` (modern nnsight's ``session``; see ``nnsight.intervention.session``)."""
+        return TraceSession(self)
 
     def generate(
         self,

@@ -483,7 +483,12 @@ def _add_walked(
     def link(found: Proxy | Node) -> Any:
         node = found.node if isinstance(found, Proxy) else found
         if node._core is not core:
-            return _finished_value(node, source)
+            # A graph may stand in a node of its own for it (a session's earlier trace).
+            link_foreign = getattr(core.graph(), "link_foreign", None)
+            stand_in = None if link_foreign is None else link_foreign(node, source)
+            if stand_in is None:
+                return _finished_value(node, source)
+            node = stand_in
         deps.append(node.id)
         return node
 

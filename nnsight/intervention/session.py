@@ -1,0 +1,110 @@
+"""``with model.session():`` — several traces in one block (modern nnsight's ``session``).
+
+The traces do not run at the end of their own blocks: they run one after another, in order,
+when the session ends. So the session knows, before anything runs, which values a later trace
+takes from an earlier one, and only those are kept: a proxy of an earlier trace can be used in
+a later one without ``.save()``. Such a use adds a ``null`` node (a save) for it to the earlier
+graph, and to the later graph a node that reads the kept value when that graph runs (after
+the earlier one). Everything else is freed as in a single trace.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TracingError
+from ..tracing._source import format_source, user_source
+
+if TYPE_CHECKING:
+    from ..models.NNsight import NNsight
+    from ..tracing.Node import Node
+    from .tracer import Tracer
+
+
+class EarlierValue:
+    """Target of a node standing for a node of an earlier trace of the session: returns that
+    node's value (kept by a save added to its graph) when the later graph runs."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @property
+    def __name__(self) -> str:
+        return "earlier_value"
+
+    def __call__(self) -> Any:
+        return self.node.value
+
+
+class TraceSession:
+    """What ``model.session()`` returns; its traces run when the block ends, in order.
+
+    Attributes:
+        traces: The session's traces, in the order they were written.
+    """
+
+    def __init__(self, model: NNsight) -> None:
+        self.model = model
+        self.traces: list[Tracer] = []
+        self._source = user_source(2)
+        self._ran = False
+
+    def __enter__(self) -> TraceSession:
+        shared = self.model._session
+        if shared.block is not None:
+            raise TracingError(
+                f"a session is already open on this model (at {format_source(self._source)}): "
+                "sessions cannot be nested"
+            )
+        if shared.tracer is not None:
+            raise TracingError(
+                f"model.session() at {format_source(self._source)} inside an open trace: "
+                "open the session first and the traces inside it"
+            )
+        shared.block = self
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.model._session.block = None
+        pending = list(self.traces)
+        try:
+            if exc_type is None:
+                while pending:
+                    tracer = pending.pop(0)
+                    try:
+                        tracer._run()
+                    finally:
+                        tracer._finish()
+                self._ran = True
+        finally:
+            for tracer in pending:  # not run: an error above, or in the block
+                tracer._finish()
+            self.traces.clear()  # the kept values go with the graphs, unless saved
+
+    def defer(self, tracer: Tracer) -> None:
+        """Runs ``tracer`` when the session ends instead of now."""
+        if tracer.remote is not None:
+            raise NotImplementedError(
+                f"remote=True on a trace inside a session (at {format_source(tracer._source)})"
+                ": a session runs locally for now; run the remote trace outside it"
+            )
+        self.traces.append(tracer)
+
+
+def link_earlier(node: Node, graph: Any, used_at: tuple[str, int]) -> Node | None:
+    """For a node of an earlier trace of the open session used in ``graph``: keeps its
+    value (a save in its own graph) and returns a node of ``graph`` that reads it. None when
+    ``node`` is not one (the caller raises what it raises for another graph's node)."""
+    earlier = node.graph
+    block = getattr(earlier, "_session_block", None)
+    if block is None or block._ran or getattr(graph, "_session_block", None) is not block:
+        return None
+    earlier.tracing = True
+    try:
+        earlier.add("null", None, [node])
+    finally:
+        earlier.tracing = False
+    proxy = graph.add(target=EarlierValue(node), args=[])
+    return proxy.node  # type: ignore[no-any-return]
