@@ -75,7 +75,7 @@ test-transformers4: install ## the Hugging Face tests again under transformers 4
 	PYTHONPATH=$(abspath $(TF4)) $(PY) -m pytest tests/test_language_model.py \
 		tests/test_transformers.py tests/test_generate.py tests/test_readme.py tests/test_demo.py \
 		tests/test_tutorials_02.py tests/test_device_maps.py tests/test_skip.py tests/test_stop.py \
-		tests/test_cache.py tests/test_steps.py tests/test_examples.py
+		tests/test_cache.py tests/test_steps.py tests/test_examples.py tests/test_edit.py
 
 .PHONY: test-wire
 test-wire: install ## the Python tests again, every trace sent through the wire format to an in-process worker

@@ -132,6 +132,7 @@ def test_result_of_generate_is_the_generated_ids() -> None:
     assert torch.equal(tracer.result, expected)
 
 
+@pytest.mark.local_only("the bar counts the steps of a local run")
 def test_progress_shows_a_bar_over_the_generation_steps(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("tqdm")

@@ -288,6 +288,11 @@ class Tracer:
         self._invokes.append(invoke)
         self._invoke = invoke
         self._reads.open_invoke(invoke.index, invoke.start, invoke.size, invoke.scan)
+        if self.model._edits:  # model.edit(): each invoke starts with the edits
+            from .editing import replay
+
+            for edit in self.model._edits:
+                replay(self, edit)
         return invoke
 
     def _close_invoke(self) -> None:

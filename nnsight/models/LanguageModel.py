@@ -179,6 +179,13 @@ class LanguageModel(NNsight):
         self._replace_model(model, keep=[self._generator_envoy])
         self._dispatched = True
 
+    def _edited_copy(self) -> LanguageModel:
+        """A second wrapper of the same (loaded) module with this one's edits and tokenizer."""
+        self._ensure_dispatched()
+        copy = LanguageModel(self._model, tokenizer=self.tokenizer, automodel=self.automodel)
+        copy._edits.extend(self._edits)
+        return copy
+
     def _ensure_dispatched(self) -> None:
         if not self._dispatched:
             self.dispatch_model()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..intervention.batching import batch_size_of, combine
+from ..intervention.editing import EditBlock
 from ..intervention.envoy import Envoy, Session
 from ..intervention.proxy import InterventionProxy
 from ..intervention.scan import Scanner
@@ -89,6 +90,8 @@ class NNsight:
         object.__setattr__(self, "_session", Session())
         object.__setattr__(self, "_envoy", Envoy(model, "", self._session))
         object.__setattr__(self, "_scanner", Scanner(model))
+        #: Graphs of ``model.edit()`` blocks, replayed in every invoke of later traces.
+        object.__setattr__(self, "_edits", [])
         self._index_modules()
 
     def _index_modules(self) -> None:
@@ -116,6 +119,24 @@ class NNsight:
         return Tracer(
             self, inputs, kwargs, validate=validate, scan=scan, stop_early=stop_early, **remote
         )
+
+    def edit(self, inplace: bool = False) -> EditBlock:
+        """``with model.edit() as (tracer, edited):`` — interventions written on ``edited``
+        in the block apply to every later trace of ``edited`` (in each of its invokes, before
+        the trace's own code), and ``model`` stays as it was: ``edited`` wraps the same
+        module. ``inplace=True`` edits ``model`` itself (``edited`` is ``model``). An edit
+        cannot save values, read gradients or stop. Modern nnsight's ``edit``."""
+        return EditBlock(self, inplace)
+
+    def clear_edits(self) -> None:
+        """Removes every edit of this model (``model.edit(inplace=True)``)."""
+        self._edits.clear()
+
+    def _edited_copy(self) -> NNsight:
+        """A second wrapper of the same module with this one's edits, for ``edit()``."""
+        copy = NNsight(self._model)
+        copy._edits.extend(self._edits)
+        return copy
 
     def session(self) -> TraceSession:
         """``with model.session():`` — several traces in one block, run one after another
