@@ -92,6 +92,10 @@ bench: install ## Python benchmark of the public API against the pure-Python ref
 bench-models: install ## End-to-end model benchmarks: traces vs plain forward hooks
 	$(PY) benches/bench_models.py
 
+.PHONY: bench-workflows
+bench-workflows: install ## modern workflows: tracer.cache vs hooks, stop_early vs a full pass
+	cd benches && $(abspath $(PY)) bench_workflows.py
+
 .PHONY: bench-language
 bench-language: install ## LanguageModel: generate vs hooks, wrapping a 7B config, shapes on demand
 	cd benches && $(abspath $(PY)) bench_language.py

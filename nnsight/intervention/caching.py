@@ -16,12 +16,12 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.hooks import RemovableHandle
 
 from ..errors import TracingError
 from ..tracing._source import format_source
 from .batching import map_tensors
 from .envoy import Envoy, spell_path
+from .hooks import HookSet
 
 if TYPE_CHECKING:
     from ..models.NNsight import NNsight
@@ -143,30 +143,36 @@ class Cache:
 
     # ----- filling (the run) ----------------------------------------------------------------
 
-    def _convert(self, value: Any) -> Any:
-        detach, device, dtype = self._detach, self._device, self._dtype
+    def _converter(self) -> Any:
+        """The function each recorded value goes through (tensors at any depth)."""
+        detach, dtype = self._detach, self._dtype
+        device = None if self._device is None else torch.device(self._device)
 
         def convert(tensor: torch.Tensor) -> torch.Tensor:
             if detach:
                 tensor = tensor.detach()
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
-            return tensor if device is None else tensor.to(device)
+            return tensor if device is None or tensor.device == device else tensor.to(device)
 
-        return map_tensors(value, convert)
+        def convert_value(value: Any) -> Any:
+            if type(value) is torch.Tensor:  # the usual case, without the walk
+                return convert(value)
+            return map_tensors(value, convert)
 
-    def hook(self, modules: dict[str, torch.nn.Module]) -> list[RemovableHandle]:
-        """Puts this cache's hooks on ``modules`` (by envoy path); returns their handles."""
-        handles = []
+        return convert_value
+
+    def hook(self, modules: dict[str, torch.nn.Module], hooks: HookSet) -> None:
+        """Puts this cache's hooks on ``modules`` (by envoy path), into ``hooks``."""
+        convert = self._converter()
+        if not self.include_inputs:
+            hooks.reserve(len(self._paths))
         for path in self._paths:
             entry = self._entries["model" + path]
             if self.include_inputs:
-                hook = _recording_inputs(entry, self._convert)
-                handles.append(modules[path].register_forward_hook(hook, with_kwargs=True))
+                hooks.forward_with_kwargs(modules[path], _recording_inputs(entry, convert))
             else:
-                hook = _recording(entry, self._convert)
-                handles.append(modules[path].register_forward_hook(hook))
-        return handles
+                hooks.forward(modules[path], _recording(entry, convert))
 
 
 def _recording(entry: Entry, convert: Any) -> Any:

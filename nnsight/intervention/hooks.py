@@ -43,6 +43,10 @@ class HookSet:
         hooks[hook_id] = hook
         self._entries.append((hooks, hook_id))
 
+    def forward_with_kwargs(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
+        """A forward hook called as ``hook(module, args, kwargs, output)`` (public API)."""
+        self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+
     def forward_pre(self, module: torch.nn.Module, hook: Callable[..., Any]) -> None:
         """A pre-hook called as ``hook(module, args, kwargs)``."""
         hooks = getattr(module, "_forward_pre_hooks", None)

@@ -24,6 +24,7 @@ from .batching import Rows
 from .caching import Cache, module_paths
 from .envoy import Envoy, parse_argument_key, spell_path
 from .graph import InterventionGraph
+from .hooks import HookSet
 from .interleaver import Interleaver
 from .progress import step_bar
 from .proxy import InterventionProxy, SavedProxy
@@ -481,8 +482,10 @@ def run_graph(
     module = model._model
     try:
         with interleaver, Skipper(skips or [], model._modules_by_path, graph):
-            handles = [h for cache in caches or () for h in cache.hook(model._modules_by_path)]
+            cache_hooks = HookSet()
             try:
+                for cache in caches or ():
+                    cache.hook(model._modules_by_path, cache_hooks)
                 graph.compile(module)
                 # In generation each step calls the modules again: step n is call n.
                 output = model._execute(args, kwargs, generate)
@@ -491,8 +494,7 @@ def run_graph(
                 output, stopped = None, True
                 release_unsaved(graph)
             finally:
-                for handle in handles:
-                    handle.remove()
+                cache_hooks.remove()
         unreached = None if stopped else interleaver.unreached()
         if unreached is not None:
             raise TracingError(unreached)
