@@ -21,7 +21,9 @@ if os.environ.get("NNSIGHT_WIRE_ROUNDTRIP"):
     _local_run = Tracer._run
 
     def _round_trip(self: Tracer) -> None:
-        if self.remote is not None or not self._invokes:
+        # What does not travel yet (skips, caches, sessions) runs here, as remote=True refuses.
+        local = self._skips or self._caches or self.graph._session_block is not None
+        if self.remote is not None or not self._invokes or local:
             return _local_run(self)
         self.graph.tracing = False
         self.remote_include_output = True
