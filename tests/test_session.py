@@ -90,3 +90,14 @@ def test_a_session_leaks_no_graph() -> None:
     del session, first, second, hidden
     gc.collect()
     assert [graph() for graph in graphs] == [None, None]
+
+
+def test_progress_shows_a_bar_over_the_sessions_traces(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    model = NNsight(mlp())
+    with model.session(progress=True):
+        for _ in range(3):
+            with model.trace(torch.randn(1, 8)):
+                model.output.save()
+    err = capsys.readouterr().err
+    assert "session: 100%" in err and "3/3" in err

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TracingError
 from ..tracing._source import format_source, user_source
+from .progress import trace_bar
 
 if TYPE_CHECKING:
     from ..models.NNsight import NNsight
@@ -45,8 +46,9 @@ class TraceSession:
         traces: The session's traces, in the order they were written.
     """
 
-    def __init__(self, model: NNsight) -> None:
+    def __init__(self, model: NNsight, progress: bool = False) -> None:
         self.model = model
+        self.progress = progress
         self.traces: list[Tracer] = []
         self._source = user_source(2)
         self._ran = False
@@ -71,12 +73,19 @@ class TraceSession:
         pending = list(self.traces)
         try:
             if exc_type is None:
-                while pending:
-                    tracer = pending.pop(0)
-                    try:
-                        tracer._run()
-                    finally:
-                        tracer._finish()
+                bar = trace_bar(len(pending)) if self.progress else None
+                try:
+                    while pending:
+                        tracer = pending.pop(0)
+                        try:
+                            tracer._run()
+                        finally:
+                            tracer._finish()
+                        if bar is not None:
+                            bar.update(1)
+                finally:
+                    if bar is not None:
+                        bar.close()
                 self._ran = True
         finally:
             for tracer in pending:  # not run: an error above, or in the block

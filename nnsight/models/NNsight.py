@@ -138,11 +138,12 @@ class NNsight:
         copy._edits.extend(self._edits)
         return copy
 
-    def session(self) -> TraceSession:
+    def session(self, progress: bool = False) -> TraceSession:
         """``with model.session():`` — several traces in one block, run one after another
         when it ends; a proxy of an earlier trace can be used in a later one without
-        ``.save()`` (modern nnsight's ``session``; see ``nnsight.intervention.session``)."""
-        return TraceSession(self)
+        ``.save()`` (modern nnsight's ``session``; see ``nnsight.intervention.session``).
+        ``progress=True`` shows a tqdm bar over the traces as they run."""
+        return TraceSession(self, progress)
 
     def generate(
         self,
