@@ -230,3 +230,36 @@ def test_threads_looking_up_a_worker_at_once_all_find_it(cluster: dict[str, Any]
         for thread in threads:
             thread.join()
         assert len(found) == 16 and len({id(handle) for handle in found}) == 1
+
+
+def session_patching(model: Any, remote: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    with model.session():
+        with model.trace(PROMPT, remote=remote):
+            clean = model.transformer.h[0].output[0][:, -1]  # not saved: kept for the next
+            first = model.lm_head.output.save()
+        with model.trace("The famous Colosseum is in the city of", remote=remote):
+            model.transformer.h[0].output[0][:, -1] = clean
+            patched = model.lm_head.output.save()
+    return first.value, patched.value
+
+
+def test_a_remote_session_is_one_request_and_equals_a_local_one(cluster: dict[str, Any]) -> None:
+    model = LanguageModel(cluster["dir"])
+    local = session_patching(model, None)
+    worker = ray.get_actor(cluster["dir"], namespace="nnsight")
+    before = ray.get(worker.__ray_call__.remote(lambda self: self.requests))
+    remote_values = session_patching(LanguageModel(cluster["dir"]), True)
+    assert ray.get(worker.__ray_call__.remote(lambda self: self.requests)) == before + 1
+    for got, want in zip(remote_values, local, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_an_error_in_a_remote_sessions_later_trace_names_its_line(cluster: dict[str, Any]) -> None:
+    model = LanguageModel(cluster["dir"])
+    with pytest.raises(ExecutionError, match=r"test_remote.py:\d+"):
+        with model.session():
+            with model.trace(PROMPT, remote=True):
+                first = model.lm_head.output.save()
+            with model.trace(PROMPT, remote=True):
+                (model.lm_head.output @ torch.ones(3, 3)).save()  # wrong shape: fails there
+    assert first.shape[0] == 1  # the trace before the error has its values

@@ -69,8 +69,10 @@ def test_nested_sessions_a_later_stop_and_remote_are_refused() -> None:
                 tracer.stop()  # the first trace may stop
             with model.trace(torch.randn(1, 8)) as tracer:
                 tracer.stop()
-    with pytest.raises(NotImplementedError, match="a session runs locally"):
+    with pytest.raises(TracingError, match="a session runs all its traces in one place"):
         with model.session():
+            with model.trace(torch.randn(1, 8)):
+                model.output.save()
             with model.trace(torch.randn(1, 8), remote="anywhere"):
                 model.output.save()
 

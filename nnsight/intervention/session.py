@@ -1,15 +1,19 @@
 """``with model.session():`` — several traces in one block (modern nnsight's ``session``).
 
 The traces do not run at the end of their own blocks: they run one after another, in order,
-when the session ends. So the session knows, before anything runs, which values a later trace
-takes from an earlier one, and only those are kept: a proxy of an earlier trace can be used in
-a later one without ``.save()``. Such a use adds a ``null`` node (a save) for it to the earlier
+when the session ends (with ``remote=True`` on its traces: on the worker, as one request). So
+the session knows, before anything runs, which values a later trace takes from an earlier
+one, and only those are kept: a proxy of an earlier trace can be used in a later one without
+``.save()``. Such a use adds a ``null`` node (a save) for it to the earlier
 graph, and to the later graph a node that reads the kept value when that graph runs (after
 the earlier one). Everything else is freed as in a single trace.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TracingError
@@ -22,21 +26,29 @@ if TYPE_CHECKING:
     from .tracer import Tracer
 
 
-class EarlierValue:
-    """Target of a node standing for a node of an earlier trace of the session: returns that
-    node's value (kept by a save added to its graph) when the later graph runs."""
+#: The graphs of the session running in this thread, by trace index (``earlier_value``).
+_running = threading.local()
 
-    __slots__ = ("node",)
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+def earlier_value(trace: int, node: int) -> Any:
+    """The value of node ``node`` of trace ``trace`` of the session now running: the target
+    of a node standing for an earlier trace's value (kept there by a save). Plain numbers as
+    arguments, so it travels over the wire (``nnsight.earlier_value``)."""
+    graphs = getattr(_running, "graphs", None)
+    if not graphs or not 0 <= trace < len(graphs) or not 0 < node < len(graphs[trace]._nodes):
+        raise ValueError(f"no value of node {node} of trace {trace} in a running session")
+    return graphs[trace]._core.value(node)
 
-    @property
-    def __name__(self) -> str:
-        return "earlier_value"
 
-    def __call__(self) -> Any:
-        return self.node.value
+@contextlib.contextmanager
+def running(graphs: list[Any]) -> Iterator[None]:
+    """Makes ``graphs`` the session ``earlier_value`` reads from, for the block."""
+    before = getattr(_running, "graphs", None)
+    _running.graphs = graphs
+    try:
+        yield
+    finally:
+        _running.graphs = before
 
 
 class TraceSession:
@@ -71,14 +83,20 @@ class TraceSession:
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.model._session.block = None
         pending = list(self.traces)
+        graphs = [tracer.graph for tracer in pending]
         try:
-            if exc_type is None:
+            if exc_type is None and any(tracer.remote is not None for tracer in pending):
+                self._run_remotely(pending)
+                pending.clear()
+                self._ran = True
+            elif exc_type is None:
                 bar = trace_bar(len(pending)) if self.progress else None
                 try:
                     while pending:
                         tracer = pending.pop(0)
                         try:
-                            tracer._run()
+                            with running(graphs):
+                                tracer._run()
                         finally:
                             tracer._finish()
                         if bar is not None:
@@ -94,12 +112,24 @@ class TraceSession:
 
     def defer(self, tracer: Tracer) -> None:
         """Runs ``tracer`` when the session ends instead of now."""
-        if tracer.remote is not None:
-            raise NotImplementedError(
-                f"remote=True on a trace inside a session (at {format_source(tracer._source)})"
-                ": a session runs locally for now; run the remote trace outside it"
+        if self.traces and (tracer.remote is None) != (self.traces[0].remote is None):
+            raise TracingError(
+                f"the trace at {format_source(tracer._source)} runs "
+                f"{'here' if tracer.remote is None else 'remotely'} and the session's first "
+                "does not: a session runs all its traces in one place (remote=True on all, "
+                "one request, or on none)"
             )
         self.traces.append(tracer)
+
+    def _run_remotely(self, tracers: list[Tracer]) -> None:
+        """The whole session as one request to the first trace's worker."""
+        from ..remote.client import run_session_remotely  # the remote extra, when used
+
+        try:
+            run_session_remotely(tracers)
+        finally:
+            for tracer in tracers:
+                tracer._finish()
 
 
 def link_earlier(node: Node, graph: Any, used_at: tuple[str, int]) -> Node | None:
@@ -115,5 +145,6 @@ def link_earlier(node: Node, graph: Any, used_at: tuple[str, int]) -> Node | Non
         earlier.add("null", None, [node])
     finally:
         earlier.tracing = False
-    proxy = graph.add(target=EarlierValue(node), args=[])
+    index = [tracer.graph for tracer in block.traces].index(earlier)  # type: ignore[union-attr]
+    proxy = graph.add(target=earlier_value, args=[index, node.id])
     return proxy.node  # type: ignore[no-any-return]

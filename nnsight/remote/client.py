@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .._core import set_classes
-from ..errors import ExecutionError, NNsightError, TracingError
+from ..errors import ExecutionError, NNsightError, SerializationError, TracingError
 from ..intervention.proxy import SavedProxy
 from ..serialization import MESSAGE_SOURCE as WORKER_LINE
 from ..serialization import dumps
@@ -42,15 +42,42 @@ def run_remotely(tracer: Tracer, send: Callable[[bytes], bytes] | None = None) -
     the request and returns the response (by default: to the Ray worker the trace names)."""
     from . import actor
 
+    name = "in-process" if send is not None else worker_name(tracer)
+    data = _request(tracer)
+    response = send(data) if send is not None else actor.call(name, data, tracer.remote_timeout)
+    return _apply(tracer, name, response)
+
+
+def run_session_remotely(tracers: list[Tracer]) -> None:
+    """Runs a session's traces on their worker as one request, in order (see ``session``);
+    each trace's saved proxies get their values, and ``output`` its output when asked for."""
+    from . import actor
+
+    names = {worker_name(tracer) for tracer in tracers}
+    if len(names) != 1:
+        raise TracingError(
+            f"a session's traces go to one worker, and these name {len(names)}: "
+            f"{', '.join(sorted(names))}"
+        )
+    (name,) = names
+    data = messages.session_request([_request(tracer) for tracer in tracers])
+    timeout = tracers[0].remote_timeout
+    responses = messages.read_session_response(actor.call(name, data, timeout))
+    for tracer, response in zip(tracers, responses, strict=False):
+        tracer.output = _apply(tracer, name, response)
+    if len(responses) < len(tracers):  # the worker stops at an error, which _apply raised
+        raise SerializationError("a session response with fewer traces than the request")
+
+
+def _request(tracer: Tracer) -> bytes:
     if tracer._skips or tracer._caches:
         what = "envoy.skip(...)" if tracer._skips else "tracer.cache(...)"
         raise NotImplementedError(
             f"{what} does not travel to a remote worker yet: run this trace locally"
         )
-    name = "in-process" if send is not None else worker_name(tracer)
     graph = tracer.graph
     graph._ran = True  # it runs, there: a later use of its proxies is a use after its trace
-    data = messages.request(
+    return messages.request(
         dumps(graph),
         [(i.args, i.kwargs, i.start, i.size) for i in tracer._invokes],
         tracer._forward_kwargs,
@@ -58,7 +85,11 @@ def run_remotely(tracer: Tracer, send: Callable[[bytes], bytes] | None = None) -
         [proxy._id for proxy in graph.saved],
         tracer.remote_include_output,
     )
-    response = send(data) if send is not None else actor.call(name, data, tracer.remote_timeout)
+
+
+def _apply(tracer: Tracer, name: str, response: bytes) -> Any:
+    """Puts a response's saved values in ``tracer``'s proxies; raises a remote error here."""
+    graph = tracer.graph
     body = messages.read_response(response)
     if body[0] == "error":
         raise _local_error(tracer, name, *body[1:])

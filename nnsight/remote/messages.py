@@ -84,6 +84,40 @@ def read_request(data: Any) -> tuple[bytes, list[Any], dict[str, Any], Any, list
     return graph, invokes, forward, generate, saved, include_output
 
 
+def session_request(requests: list[bytes]) -> bytes:
+    """A session's traces as one request: ``["session", [request, ...]]``."""
+    return pack(["session", requests], [])
+
+
+def session_requests(data: Any) -> list[bytes] | None:
+    """The trace requests of a session request; None for a request of one trace."""
+    body, _ = unpack(data)
+    if type(body) is not list or len(body) != 2 or body[0] != "session":
+        return None
+    requests = body[1]
+    if type(requests) is not list or not requests or not all(type(r) is bytes for r in requests):
+        raise SerializationError("a malformed session request")
+    return requests  # type: ignore[no-any-return]
+
+
+def session_response(responses: list[bytes]) -> bytes:
+    """``["session", [response, ...]]``: one per trace run, the last an error if one failed."""
+    return pack(["session", responses], [])
+
+
+def read_session_response(data: Any) -> list[bytes]:
+    body, _ = unpack(data)
+    if type(body) is list and body and body[0] == "error":
+        raise SerializationError(
+            f"the worker refused the session: {body[2] if len(body) > 2 else body}"
+        )
+    if type(body) is not list or len(body) != 2 or body[0] != "session":
+        raise SerializationError("a malformed session response")
+    if type(body[1]) is not list or not all(type(r) is bytes for r in body[1]):
+        raise SerializationError("a malformed session response")
+    return body[1]  # type: ignore[no-any-return]
+
+
 def response(values: list[tuple[int, Any]], output: Any) -> bytes:
     encoder = Encoder()
     body = [

@@ -18,6 +18,7 @@ from .._core import ROOT_ARGUMENT, ModuleReads
 from ..errors import ExecutionError, SerializationError
 from ..intervention.envoy import parse_argument_key
 from ..intervention.scan import ScannedValue
+from ..intervention.session import running
 from ..intervention.tracer import Invoke, run_graph
 from ..models.NNsight import NNsight
 from ..serialization import loads
@@ -63,7 +64,8 @@ class Worker:
         """A request's response (see ``messages``); never raises."""
         self.requests += 1
         try:
-            return self._run(data)
+            session = messages.session_requests(data)
+            return self._run(data) if session is None else self._run_session(session)
         except Exception as exc:
             return messages.error_response(exc)
         finally:
@@ -71,12 +73,28 @@ class Worker:
                 for parameter in self.model._model.parameters():
                     parameter.grad = None
 
-    def _run(self, data: bytes) -> bytes:
+    def _run_session(self, requests: list[bytes]) -> bytes:
+        """A session's traces, in order, each able to read what earlier ones kept
+        (``earlier_value``); the first error ends it."""
+        graphs: list[Any] = []
+        responses = []
+        with running(graphs):
+            for data in requests:
+                try:
+                    responses.append(self._run(data, graphs))
+                except Exception as exc:
+                    responses.append(messages.error_response(exc))
+                    break
+        return messages.session_response(responses)
+
+    def _run(self, data: bytes, session: list[Any] | None = None) -> bytes:
         graph_data, raw_invokes, forward, generate, saved, include_output = messages.read_request(
             data
         )
         model = self.model
         graph = loads(graph_data, model._model)
+        if session is not None:
+            session.append(graph)  # trace i of the session is graph i
         reads = ModuleReads(
             graph._core, graph._nodes, graph.proxy_class, ScannedValue, SOURCE_FINDER
         )

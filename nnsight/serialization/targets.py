@@ -39,6 +39,7 @@ import torch
 
 from ..errors import SerializationError
 from ..intervention.envoy import ModuleCall
+from ..intervention.session import earlier_value
 from ..intervention.stopping import stop_run
 from ..tracing.fake_cache import PURE_FUNCTIONS
 from ..tracing.Node import RESERVED_TARGETS
@@ -88,6 +89,7 @@ def _tables() -> tuple[dict[str, Any], dict[int, str]]:
         by_name[f"builtins.{name}"] = getattr(builtins, name)
     by_name["nnsight.proxy_call"] = proxy_call
     by_name["nnsight.stop"] = stop_run  # tracer.stop(): ends the run, touches nothing
+    by_name["nnsight.earlier_value"] = earlier_value  # a session's earlier value, by numbers
     by_name.update(PURE_FUNCTIONS)
     return by_name, {id(target): name for name, target in by_name.items()}
 
