@@ -50,10 +50,7 @@ class EditTracer(Tracer):
                 check_replayable(self.graph)
                 self.model._edits.append(self.graph)
         finally:
-            self.graph.tracing = False
-            session = self.model._session
-            session.tracer = session.reads = None
-            self._finish()
+            self._leave(finish=True)
 
 
 class EditBlock:

@@ -86,8 +86,9 @@ class TraceSession:
         graphs = [tracer.graph for tracer in pending]
         try:
             if exc_type is None and any(tracer.remote is not None for tracer in pending):
-                self._run_remotely(pending)
-                pending.clear()
+                from ..remote.client import run_session_remotely  # the remote extra
+
+                run_session_remotely(pending)  # one request; finished below
                 self._ran = True
             elif exc_type is None:
                 bar = trace_bar(len(pending)) if self.progress else None
@@ -106,7 +107,7 @@ class TraceSession:
                         bar.close()
                 self._ran = True
         finally:
-            for tracer in pending:  # not run: an error above, or in the block
+            for tracer in pending:  # run remotely, or not run (an error above or in the block)
                 tracer._finish()
             self.traces.clear()  # the kept values go with the graphs, unless saved
 
@@ -120,16 +121,6 @@ class TraceSession:
                 "one request, or on none)"
             )
         self.traces.append(tracer)
-
-    def _run_remotely(self, tracers: list[Tracer]) -> None:
-        """The whole session as one request to the first trace's worker."""
-        from ..remote.client import run_session_remotely  # the remote extra, when used
-
-        try:
-            run_session_remotely(tracers)
-        finally:
-            for tracer in tracers:
-                tracer._finish()
 
 
 def link_earlier(node: Node, graph: Any, used_at: tuple[str, int]) -> Node | None:

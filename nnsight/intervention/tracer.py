@@ -193,11 +193,16 @@ class Tracer:
                 else:
                     self._run()
         finally:
-            self.graph.tracing = False
-            session = self.model._session
-            session.tracer = session.reads = None
-            if not deferred:
-                self._finish()
+            self._leave(finish=not deferred)
+
+    def _leave(self, finish: bool) -> None:
+        """Ends the block: the model is free for another trace; with ``finish``, what the
+        trace held is dropped too (a deferred trace keeps it until it runs)."""
+        self.graph.tracing = False
+        session = self.model._session
+        session.tracer = session.reads = None
+        if finish:
+            self._finish()
 
     def _finish(self) -> None:
         """Drops what the trace held for its run (after it, or instead of it)."""
@@ -437,20 +442,17 @@ class Tracer:
             total = (self._generate or {}).get("max_new_tokens")
             bar = step_bar(self.model._model, total, "generate")
         with bar:
-            self._run_locally()
-
-    def _run_locally(self) -> None:
-        self.output = run_graph(
-            self.model,
-            self.graph,
-            self._reads,
-            self._invokes,
-            self._forward_kwargs,
-            self._generate,
-            self._source,
-            self._skips,
-            self._caches,
-        )
+            self.output = run_graph(
+                self.model,
+                self.graph,
+                self._reads,
+                self._invokes,
+                self._forward_kwargs,
+                self._generate,
+                self._source,
+                self._skips,
+                self._caches,
+            )
 
 
 def run_graph(
